@@ -1,0 +1,1 @@
+"""Adapters bundled with snakepit-tasks: ``showcase`` (demo and tests) and ``template``."""

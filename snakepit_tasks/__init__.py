@@ -1,0 +1,39 @@
+"""snakepit-tasks: a process pooler and session manager for Python adapters, on Celery + Redis.
+
+    import snakepit_tasks as sp
+    sp.execute("ping")
+"""
+
+from . import errors
+from .app import configure, create_app, default_app
+from .caller import (
+    await_ready,
+    execute,
+    execute_async,
+    get_result,
+    get_stats,
+    list_workers,
+    wait,
+)
+from .config import PoolConfig, Settings, load_settings
+from .errors import SnakepitError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PoolConfig",
+    "Settings",
+    "SnakepitError",
+    "await_ready",
+    "configure",
+    "create_app",
+    "default_app",
+    "errors",
+    "execute",
+    "execute_async",
+    "get_result",
+    "get_stats",
+    "list_workers",
+    "load_settings",
+    "wait",
+]

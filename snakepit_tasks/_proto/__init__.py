@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for proto/snakepit/bridge/v1/bridge.proto (do not edit)."""

@@ -1,0 +1,361 @@
+"""The adapter runtime: one worker process serving an adapter over gRPC on a unix socket.
+
+Started by a node as ``python -m snakepit_tasks.bridge.runtime --adapter module:Class ...``.
+It reports readiness on an inherited pipe only once it can serve, and exits when its node dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import importlib
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from .. import serialization
+from .._proto import bridge_pb2 as pb
+from .._proto import bridge_pb2_grpc as pb_grpc
+from ..errors import SerializationError
+from .adapter import BaseAdapter, SessionContext
+
+PR_SET_PDEATHSIG = 1
+
+
+class _ToolFailure(Exception):
+    def __init__(self, info: pb.ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+def load_adapter(spec: str) -> type[BaseAdapter]:
+    """Import ``module:Class`` and check it is an adapter class."""
+    module_name, _, class_name = spec.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        cls = getattr(module, class_name)
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {class_name!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseAdapter)):
+        raise TypeError(f"{spec} is not a subclass of snakepit_tasks.bridge.BaseAdapter")
+    return cls
+
+
+def _error(kind: str, exc: BaseException | None = None, **fields: Any) -> pb.ErrorInfo:
+    info = pb.ErrorInfo(kind=kind, **fields)
+    if exc is not None:
+        info.type = type(exc).__name__
+        info.message = str(exc)
+        info.traceback = "".join(traceback.format_exception(exc))
+    return info
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _iterate(value: Any) -> Iterator[Any]:
+    """Iterate a sync or async generator from a worker thread."""
+    if inspect.isasyncgen(value):
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(value.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.run_until_complete(value.aclose())
+            loop.close()
+    else:
+        yield from value
+
+
+class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
+    """Serves one adapter class; a new adapter instance per call."""
+
+    def __init__(self, adapter_cls: type[BaseAdapter], worker_id: str, capacity: int) -> None:
+        self.adapter_cls = adapter_cls
+        self.worker_id = worker_id
+        self.capacity = capacity
+        self.tools = adapter_cls.tools()
+        self._methods = {name: adapter_cls.tool_method_name(name) for name in self.tools}
+        self._inflight = 0
+        self._lock = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------
+    def _prepare(self, request: pb.ExecuteRequest) -> tuple[BaseAdapter, Any, dict[str, Any]]:
+        method_name = self._methods.get(request.tool)
+        if method_name is None:
+            raise _ToolFailure(
+                _error(
+                    "tool_not_found",
+                    type="ToolNotFound",
+                    message=f"unknown tool {request.tool!r}; this adapter has: "
+                    + ", ".join(sorted(self.tools)),
+                    available_tools=sorted(self.tools),
+                )
+            )
+        try:
+            args = serialization.decode(request.args.data, request.args.encoding)
+        except SerializationError as exc:
+            raise _ToolFailure(_error("serialization", exc)) from None
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise _ToolFailure(
+                _error("bad_request", type="TypeError", message="arguments must be a mapping")
+            )
+        instance = self.adapter_cls()
+        instance.session_context = SessionContext(
+            session_id=request.session_id,
+            worker_id=self.worker_id,
+            call_id=request.call_id,
+            metadata=dict(request.metadata),
+        )
+        return instance, getattr(instance, method_name), args
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+
+    # -- RPCs ----------------------------------------------------------------------------
+    def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
+        return pb.PingResponse(message="pong", worker_id=self.worker_id, pid=os.getpid())
+
+    def Describe(self, request: pb.DescribeRequest, context: Any) -> pb.DescribeResponse:  # noqa: N802
+        tools = [
+            pb.ToolSpec(
+                name=spec.name,
+                description=spec.description,
+                supports_streaming=spec.supports_streaming,
+                idempotent=spec.idempotent,
+                parameters=[
+                    pb.ParameterSpec(name=n, annotation=a, required=r) for n, a, r in spec.parameters
+                ],
+            )
+            for spec in self.tools.values()
+        ]
+        cls = self.adapter_cls
+        return pb.DescribeResponse(
+            adapter=f"{cls.__module__}:{cls.__qualname__}",
+            worker_id=self.worker_id,
+            pid=os.getpid(),
+            capacity=self.capacity,
+            thread_safe=bool(getattr(cls, "__thread_safe__", False)),
+            tools=tools,
+        )
+
+    def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:  # noqa: N802
+        started = time.perf_counter_ns()
+        self._enter()
+        try:
+            instance, method, args = self._prepare(request)
+        except _ToolFailure as failure:
+            self._leave()
+            return pb.ExecuteResponse(ok=False, error=failure.info)
+        try:
+            instance.initialize()
+            try:
+                value = method(**args)
+                if inspect.isgenerator(value) or inspect.isasyncgen(value):
+                    value = list(_iterate(value))
+            finally:
+                instance.cleanup()
+            data = serialization.encode_result(value)
+        except SerializationError as exc:
+            return pb.ExecuteResponse(ok=False, error=_error("serialization", exc))
+        except Exception as exc:
+            return pb.ExecuteResponse(ok=False, error=_error("adapter", exc))
+        finally:
+            self._leave()
+        return pb.ExecuteResponse(
+            ok=True,
+            result=pb.Payload(data=data, encoding=serialization.JSON),
+            duration_us=(time.perf_counter_ns() - started) // 1000,
+        )
+
+    def ExecuteStream(  # noqa: N802
+        self, request: pb.ExecuteRequest, context: Any
+    ) -> Iterator[pb.StreamChunk]:
+        self._enter()
+        try:
+            try:
+                instance, method, args = self._prepare(request)
+            except _ToolFailure as failure:
+                yield pb.StreamChunk(seq=0, is_final=True, error=failure.info)
+                return
+            seq = 0
+            try:
+                instance.initialize()
+                try:
+                    value = method(**args)
+                    if inspect.isgenerator(value) or inspect.isasyncgen(value):
+                        for item in _iterate(value):
+                            seq += 1
+                            data = serialization.encode_result(item)
+                            yield pb.StreamChunk(
+                                seq=seq, data=pb.Payload(data=data, encoding=serialization.JSON)
+                            )
+                        value = None
+                finally:
+                    instance.cleanup()
+                final = pb.Payload(
+                    data=serialization.encode_result(value), encoding=serialization.JSON
+                )
+                yield pb.StreamChunk(seq=seq + 1, is_final=True, result=final)
+            except GeneratorExit:
+                raise
+            except SerializationError as exc:
+                yield pb.StreamChunk(seq=seq + 1, is_final=True, error=_error("serialization", exc))
+            except Exception as exc:
+                yield pb.StreamChunk(seq=seq + 1, is_final=True, error=_error("adapter", exc))
+        finally:
+            self._leave()
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
+        return pb.HeartbeatResponse(
+            seq=request.seq, pid=os.getpid(), rss_bytes=_rss_bytes(), inflight=self._inflight
+        )
+
+    def _session_hook(self, hook: str, request: pb.SessionRequest) -> pb.SessionResponse:
+        fn = getattr(self.adapter_cls, hook, None)
+        if fn is None:
+            return pb.SessionResponse(ok=True)
+        instance = self.adapter_cls()
+        instance.session_context = SessionContext(
+            session_id=request.session_id, worker_id=self.worker_id, metadata=dict(request.metadata)
+        )
+        try:
+            getattr(instance, hook)()
+        except Exception as exc:
+            return pb.SessionResponse(ok=False, error=_error("session", exc))
+        return pb.SessionResponse(ok=True)
+
+    def InitializeSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionResponse:  # noqa: N802
+        return self._session_hook("initialize_session", request)
+
+    def CleanupSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionResponse:  # noqa: N802
+        return self._session_hook("cleanup_session", request)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the node that started us is gone: parent-death signal plus a watch thread."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before we armed the signal
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if parent_pid and os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _report(fd: int, message: dict[str, Any]) -> None:
+    if fd < 0:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(message) + "\n")
+
+
+def serve(
+    adapter: str,
+    socket_path: str,
+    worker_id: str,
+    capacity: int = 1,
+    ready_fd: int = -1,
+    parent_pid: int = 0,
+) -> int:
+    """Serve ``adapter`` until SIGTERM/SIGINT or the parent's death; returns the exit code."""
+    _die_with_parent(parent_pid)
+    try:
+        adapter_cls = load_adapter(adapter)
+        if capacity > 1 and not getattr(adapter_cls, "__thread_safe__", False):
+            raise TypeError(
+                f"{adapter} is not thread-safe but the pool uses the thread profile "
+                f"({capacity} calls at once): subclass ThreadSafeAdapter or set "
+                "__thread_safe__ = True after making it safe"
+            )
+    except BaseException as exc:
+        _report(
+            ready_fd,
+            {
+                "ok": False,
+                "error": f"cannot load adapter {adapter!r}: {type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+            },
+        )
+        return 3
+
+    servicer = AdapterServicer(adapter_cls, worker_id, capacity)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=capacity + 4, thread_name_prefix="tool"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    pb_grpc.add_AdapterRuntimeServicer_to_server(servicer, server)
+    old_umask = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix:{socket_path}")
+        server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket_path, 0o600)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _report(ready_fd, {"ok": True, "pid": os.getpid(), "tools": sorted(servicer.tools)})
+    stop.wait()
+    server.stop(grace=1.0).wait(2.0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m snakepit_tasks.bridge.runtime``."""
+    parser = argparse.ArgumentParser(prog="snakepit_tasks.bridge.runtime")
+    parser.add_argument("--adapter", required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--capacity", type=int, default=1)
+    parser.add_argument("--ready-fd", type=int, default=-1)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    # Carried on the command line so orphan sweeps can recognise our processes.
+    parser.add_argument("--run-id", default="")
+    parser.add_argument("--instance", default="")
+    ns = parser.parse_args(argv)
+    return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd, ns.parent_pid)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The caller API: execute tools by name, poll results, inspect pools."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+
+from . import keys, state
+from .app import default_app
+from .errors import ExecutionTimeout
+from .tasks import EXECUTE
+
+# Seconds a caller waits past a call's deadline for the node's own verdict.
+RESULT_GRACE_SECONDS = 5.0
+
+
+def _app(app: Celery | None) -> Celery:
+    return app or default_app()
+
+
+def execute_async(
+    command: str,
+    args: dict[str, Any] | None = None,
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    app: Celery | None = None,
+) -> AsyncResult:
+    """Send a call; returns the Celery ``AsyncResult`` (``.get()`` gives the tool's result)."""
+    task = _app(app).tasks[EXECUTE]
+    return task.apply_async((command, args), {"pool": pool, "timeout": timeout})
+
+
+def execute(
+    command: str,
+    args: dict[str, Any] | None = None,
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    app: Celery | None = None,
+) -> Any:
+    """Run tool ``command`` with keyword arguments ``args`` on a worker; return its result.
+
+    ``timeout`` (seconds) bounds queueing plus execution; the default is the
+    ``default_command_timeout`` setting. Errors are :mod:`snakepit_tasks.errors` classes.
+    """
+    the_app = _app(app)
+    seconds = timeout if timeout else the_app.snakepit_settings.default_command_timeout / 1000
+    deadline = time.time() + seconds
+    task = the_app.tasks[EXECUTE]
+    result = task.apply_async(
+        (command, args), {"pool": pool, "timeout": timeout, "deadline": deadline}
+    )
+    return wait(result, seconds + RESULT_GRACE_SECONDS)
+
+
+def wait(result: AsyncResult, timeout: float | None = None) -> Any:
+    """Wait up to ``timeout`` seconds for a call's result; raise ExecutionTimeout after."""
+    try:
+        return result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+    except CeleryTimeoutError:
+        result.revoke()
+        raise ExecutionTimeout(
+            f"no result for call {result.id} within {timeout}s", {"task_id": result.id}
+        ) from None
+
+
+def get_result(task_id: str, *, app: Celery | None = None) -> AsyncResult:
+    """The ``AsyncResult`` of a call sent earlier (by any process), by its id."""
+    return _app(app).AsyncResult(task_id)
+
+
+def list_workers(pool: str | None = None, *, app: Celery | None = None) -> list[str]:
+    """Ids of the workers of live nodes serving ``pool`` (default pool if None)."""
+    settings = _app(app).snakepit_settings
+    r = state.redis_client(settings.redis_url)
+    nodes = state.live_nodes(r, pool or settings.default_pool_name)
+    return [w["id"] for n in nodes for w in n["workers"]]
+
+
+def get_stats(pool: str | None = None, *, app: Celery | None = None) -> dict[str, Any]:
+    """Counters and current load of ``pool`` (default pool if None)."""
+    settings = _app(app).snakepit_settings
+    pool = pool or settings.default_pool_name
+    r = state.redis_client(settings.redis_url)
+    nodes = state.live_nodes(r, pool)
+    counters = state.read_counters(r, pool)
+    workers = [w for n in nodes for w in n["workers"]]
+    ready = [w for w in workers if w["state"] == "ready"]
+    busy = sum(1 for w in ready if w["inflight"] >= w["capacity"])
+    queued = state.queue_length(r, keys.pool_queue(pool)) + sum(
+        state.queue_length(r, keys.node_queue(n["name"])) for n in nodes
+    )
+    return {
+        "pool": pool,
+        "requests": counters.get("requests", 0),
+        "errors": counters.get("errors", 0),
+        "queue_timeouts": counters.get("queue_timeouts", 0),
+        "pool_saturated": counters.get("pool_saturated", 0),
+        "queued": queued,
+        "nodes": len(nodes),
+        "workers": len(workers),
+        "busy": busy,
+        "available": len(ready) - busy,
+        "capacity": sum(w["capacity"] for w in ready),
+    }
+
+
+def await_ready(
+    pool: str | None = None, timeout: float = 15.0, *, app: Celery | None = None
+) -> list[str]:
+    """Wait until ``pool`` has a ready worker; return the ready ids, or raise TimeoutError."""
+    settings = _app(app).snakepit_settings
+    pool = pool or settings.default_pool_name
+    r = state.redis_client(settings.redis_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = [
+            w["id"] for n in state.live_nodes(r, pool) for w in n["workers"] if w["state"] == "ready"
+        ]
+        if ready:
+            return ready
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"pool {pool!r} had no ready worker within {timeout:.1f}s")
+        time.sleep(0.05)

@@ -1,0 +1,340 @@
+"""Settings: one frozen dataclass, read from a TOML file, SNAKEPIT_* variables and keywords.
+
+Precedence, later wins: defaults < TOML file (``SNAKEPIT_CONFIG``, else ``[tool.snakepit]`` in
+``./pyproject.toml``) < environment < keyword arguments. Unknown keys are an error. Durations
+are milliseconds unless the name says otherwise; defaults follow the original snakepit.
+Nothing is read at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+WORKER_PROFILES = ("process", "thread")
+AFFINITY_MODES = ("hint", "strict_queue", "strict_fail_fast")
+POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+DEFAULT_ADAPTER = "adapters.showcase:ShowcaseAdapter"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One named pool: which adapter its workers run, how many, and how."""
+
+    name: str = "default"
+    adapter: str = DEFAULT_ADAPTER
+    pool_size: int = 2
+    worker_profile: str = "process"
+    threads_per_worker: int = 10
+    affinity: str | None = None
+    startup_batch_size: int | None = None
+    startup_batch_delay_ms: int | None = None
+    workers_per_node: int = 0
+    adapter_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def capacity(self) -> int:
+        """Calls one worker of this pool serves at once."""
+        return self.threads_per_worker if self.worker_profile == "thread" else 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting snakepit-tasks reads, with its default."""
+
+    # Connections
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    result_backend: str | None = None
+    # Identity of this host's nodes (orphan control tells instances apart by these)
+    instance_name: str = ""
+    instance_token: str = ""
+    data_dir: str = ""
+    # Pools
+    pools: tuple[PoolConfig, ...] = ()
+    default_pool: str | None = None
+    affinity: str = "hint"
+    # Timeouts (ms)
+    default_command_timeout: int = 300_000
+    pool_request_timeout: int = 60_000
+    pool_streaming_timeout: int = 900_000
+    pool_startup_timeout: int = 10_000
+    pool_queue_timeout: int = 5_000
+    checkout_timeout: int = 5_000
+    grpc_worker_execute_timeout: int = 30_000
+    grpc_worker_stream_timeout: int = 300_000
+    graceful_shutdown_timeout_ms: int = 6_000
+    # Pool sizing
+    pool_max_queue_size: int = 1_000
+    pool_max_workers: int = 150
+    pool_startup_batch_size: int = 10
+    pool_startup_batch_delay_ms: int = 500
+    pool_reconcile_interval_ms: int = 1_000
+    pool_reconcile_batch_size: int = 2
+    worker_starter_max_restarts: int = 3
+    worker_starter_max_seconds: int = 5
+    # Retry policy
+    retry_max_attempts: int = 3
+    retry_backoff_sequence: tuple[int, ...] = (100, 200, 400, 800, 1600)
+    retry_max_backoff_ms: int = 30_000
+    retry_jitter_factor: float = 0.25
+    # Circuit breaker
+    circuit_breaker_failure_threshold: int = 5
+    circuit_breaker_reset_timeout_ms: int = 30_000
+    circuit_breaker_half_open_max_calls: int = 1
+    # Crash barrier
+    crash_barrier_enabled: bool = True
+    crash_barrier_taint_duration_ms: int = 60_000
+    crash_barrier_max_restarts: int = 1
+    crash_barrier_backoff_ms: tuple[int, ...] = (50, 100, 200)
+    # Health monitor
+    health_monitor_check_interval: int = 30_000
+    health_monitor_crash_window_ms: int = 60_000
+    health_monitor_max_crashes: int = 10
+    # Heartbeat
+    heartbeat_enabled: bool = True
+    heartbeat_ping_interval_ms: int = 2_000
+    heartbeat_timeout_ms: int = 10_000
+    heartbeat_max_missed: int = 3
+    # Node liveness in Redis
+    node_lease_ttl_ms: int = 5_000
+    node_lease_interval_ms: int = 1_000
+    # Session store
+    session_cleanup_interval: int = 60_000
+    session_default_ttl: int = 3_600
+    session_max_sessions: int = 10_000
+    session_warning_threshold: float = 0.8
+    # Worker recycling (0 disables)
+    worker_ttl: int = 0
+    worker_max_requests: int = 0
+    memory_threshold_mb: int = 0
+    # Broker: seconds before Redis re-delivers an unacknowledged message
+    visibility_timeout: int = 3_600
+    # Celery events for Flower
+    task_events: bool = False
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker URL (Redis unless ``broker_url`` says otherwise)."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        """The Celery result backend URL."""
+        return self.result_backend or self.redis_url
+
+    @property
+    def default_pool_name(self) -> str:
+        """The pool a call goes to when it names none."""
+        if self.default_pool:
+            return self.default_pool
+        return self.pools[0].name if self.pools else "default"
+
+    def pool(self, name: str | None = None) -> PoolConfig:
+        """The configuration of pool ``name``; ConfigurationError when unknown."""
+        name = name or self.default_pool_name
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise ConfigurationError(
+            f"pool {name!r} is not configured; configured pools: "
+            + (", ".join(p.name for p in self.pools) or "none"),
+            {"pool": name},
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
+        return _build({**_as_dict(self), **changes})
+
+
+_SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_POOL_FIELDS = {f.name: f for f in dataclasses.fields(PoolConfig)}
+_HINTS = typing.get_type_hints(Settings)
+_POOL_HINTS = typing.get_type_hints(PoolConfig)
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the TOML file, then ``SNAKEPIT_*`` variables, then ``overrides``."""
+    values: dict[str, Any] = {}
+    values.update(_read_file(config_file))
+    values.update(_read_env(os.environ))
+    values.update(overrides)
+    return _build(values)
+
+
+def _read_file(config_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    path = config_file or os.environ.get("SNAKEPIT_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigurationError(f"config file {str(p)!r} does not exist", {"path": str(p)})
+        return _parse_toml(p, table=None)
+    pyproject = Path.cwd() / "pyproject.toml"
+    if pyproject.is_file():
+        return _parse_toml(pyproject, table=("tool", "snakepit"))
+    return {}
+
+
+def _parse_toml(path: Path, table: tuple[str, ...] | None) -> dict[str, Any]:
+    try:
+        data: Any = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read config file {str(path)!r}: {exc}") from None
+    for part in table or ():
+        data = data.get(part, {})
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{str(path)!r}: expected a table of settings")
+    return dict(data)
+
+
+def _read_env(env: typing.Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _SETTING_FIELDS:
+        raw = env.get("SNAKEPIT_" + name.upper())
+        if raw is None or raw == "":
+            continue
+        if name == "pools":
+            try:
+                values[name] = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"SNAKEPIT_POOLS is not valid JSON: {exc}") from None
+        else:
+            values[name] = _coerce_text(name, raw, _HINTS[name])
+    return values
+
+
+def _coerce_text(name: str, raw: str, hint: Any) -> Any:
+    base = _strip_optional(hint)
+    try:
+        if base is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if base is int:
+            return int(raw.replace("_", ""))
+        if base is float:
+            return float(raw)
+        if typing.get_origin(base) is tuple:
+            return tuple(int(x) for x in raw.replace(" ", "").split(",") if x)
+        return raw
+    except ValueError as exc:
+        raise ConfigurationError(f"setting {name!r}: {exc}", {"setting": name}) from None
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    base = _strip_optional(hint)
+    if value is None and base is not hint:
+        return None
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigurationError(f"{where}: expected a list, got {value!r}")
+        item = typing.get_args(base)[0]
+        return tuple(_check_type(where, v, item) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigurationError(f"{where}: expected a table, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, bool):
+        raise ConfigurationError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(base, type) and not isinstance(value, base):
+        raise ConfigurationError(
+            f"{where}: expected {base.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _build_pool(raw: Any, index: int) -> PoolConfig:
+    if isinstance(raw, PoolConfig):
+        raw = dataclasses.asdict(raw)
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"pools[{index}]: expected a table, got {raw!r}")
+    unknown = sorted(set(raw) - set(_POOL_FIELDS))
+    if unknown:
+        raise ConfigurationError(
+            f"pools[{index}]: unknown key(s) {', '.join(unknown)}; known: "
+            + ", ".join(_POOL_FIELDS),
+            {"unknown": unknown},
+        )
+    values = {k: _check_type(f"pools[{index}].{k}", v, _POOL_HINTS[k]) for k, v in raw.items()}
+    pool = PoolConfig(**values)
+    where = f"pool {pool.name!r}"
+    if not POOL_NAME_RE.match(pool.name):
+        raise ConfigurationError(
+            f"{where}: names are letters, digits, '_' and '-', at most 64 characters"
+        )
+    if pool.worker_profile not in WORKER_PROFILES:
+        raise ConfigurationError(
+            f"{where}: worker_profile must be one of {', '.join(WORKER_PROFILES)}, "
+            f"got {pool.worker_profile!r}"
+        )
+    if pool.affinity is not None and pool.affinity not in AFFINITY_MODES:
+        raise ConfigurationError(
+            f"{where}: affinity must be one of {', '.join(AFFINITY_MODES)}, got {pool.affinity!r}"
+        )
+    if ":" not in pool.adapter:
+        raise ConfigurationError(
+            f"{where}: adapter must be 'module:Class', got {pool.adapter!r}"
+        )
+    if pool.pool_size < 1 or pool.threads_per_worker < 1:
+        raise ConfigurationError(f"{where}: pool_size and threads_per_worker must be >= 1")
+    return pool
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    unknown = sorted(set(values) - set(_SETTING_FIELDS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s): {', '.join(unknown)}", {"unknown": unknown}
+        )
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "pools":
+            if not isinstance(value, (list, tuple)):
+                raise ConfigurationError(f"pools: expected a list of tables, got {value!r}")
+            checked[name] = tuple(_build_pool(p, i) for i, p in enumerate(value))
+        else:
+            checked[name] = _check_type(f"setting {name!r}", value, _HINTS[name])
+    if not checked.get("pools"):
+        checked["pools"] = (PoolConfig(),)
+    names = [p.name for p in checked["pools"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigurationError(f"pool name(s) used twice: {', '.join(dupes)}")
+    settings = Settings(**checked)
+    if settings.affinity not in AFFINITY_MODES:
+        raise ConfigurationError(
+            f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {settings.affinity!r}"
+        )
+    if settings.default_pool and settings.default_pool not in names:
+        raise ConfigurationError(
+            f"default_pool {settings.default_pool!r} is not one of the configured pools: "
+            + ", ".join(names)
+        )
+    return settings
+
+
+def _as_dict(settings: Settings) -> dict[str, Any]:
+    return {f: getattr(settings, f) for f in _SETTING_FIELDS}

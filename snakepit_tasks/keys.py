@@ -1,0 +1,51 @@
+"""Every Redis key and queue name snakepit-tasks uses is built here and nowhere else."""
+
+from __future__ import annotations
+
+PREFIX = "snakepit"
+EXCHANGE = "snakepit"
+
+
+def pool_queue(pool: str) -> str:
+    """The queue every node of ``pool`` consumes."""
+    return f"snakepit.pool.{pool}"
+
+
+def node_queue(node: str) -> str:
+    """The queue only node ``node`` consumes (calls pinned to one of its workers)."""
+    return f"snakepit.node.{node}"
+
+
+def pools() -> str:
+    """Set of pool names ever served by a node."""
+    return f"{PREFIX}:pools"
+
+
+def pool_nodes(pool: str) -> str:
+    """Set of node names that have served ``pool`` (live or not; see :func:`node_lease`)."""
+    return f"{PREFIX}:pool:{pool}:nodes"
+
+
+def node_lease(node: str) -> str:
+    """Hash describing a live node; expires unless the node refreshes it."""
+    return f"{PREFIX}:node:{node}"
+
+
+def node_workers(node: str) -> str:
+    """Hash ``worker_id -> JSON`` of a node's workers; expires with the lease."""
+    return f"{PREFIX}:node:{node}:workers"
+
+
+def pool_stats(pool: str) -> str:
+    """Hash of counters for ``pool``: requests, errors, queue_timeouts, pool_saturated."""
+    return f"{PREFIX}:stats:{pool}"
+
+
+def busy(node: str) -> str:
+    """Hash ``worker_id -> calls in flight`` for a node's workers."""
+    return f"{PREFIX}:node:{node}:busy"
+
+
+def pool_alive(pool: str) -> str:
+    """Present while at least one node of ``pool`` holds a lease (same TTL)."""
+    return f"{PREFIX}:pool:{pool}:alive"

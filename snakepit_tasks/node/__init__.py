@@ -1,0 +1,1 @@
+"""Node hosting: the Celery worker that owns a pool's adapter runtimes on this host."""

@@ -1,0 +1,68 @@
+"""The worker bootstep that turns a Celery worker into a snakepit node."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import bootsteps, signals
+
+from .. import keys
+from .node import Node
+
+log = logging.getLogger("snakepit_tasks.node")
+
+
+class SnakepitNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Starts the pool's workers before the consumer; stops them at ``worker_shutdown``.
+
+    A bootstep's ``stop`` runs before in-flight tasks finish, so the workers are stopped from
+    the ``worker_shutdown`` signal instead, after Celery has drained its thread pool.
+    """
+
+    label = "snakepit"
+
+    def __init__(self, worker: Any, snakepit_pool: str | None = None, **kwargs: Any) -> None:
+        from ..app import declare_queue
+
+        app = worker.app
+        settings = app.snakepit_settings
+        name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
+        self.pool = settings.pool(name)
+        self.node: Node | None = None
+        # One thread per worker slot: a thread only takes a message when a slot can serve it.
+        worker.concurrency = self.pool.pool_size * self.pool.capacity
+        queues = app.amqp.queues
+        names = [keys.pool_queue(self.pool.name), keys.node_queue(worker.hostname)]
+        for queue_name in names:
+            queues.add(declare_queue(queue_name))
+        queues.select(names)
+
+        def shutting_down(**kw: Any) -> None:
+            if self.node is not None:
+                self.node.begin_shutdown()
+
+        def shutdown(sender: Any = None, **kw: Any) -> None:
+            if self.node is not None:
+                self.node.stop()
+                self.node = None
+
+        signals.worker_shutting_down.connect(shutting_down, weak=False)
+        signals.worker_shutdown.connect(shutdown, weak=False)
+        self._handlers = (shutting_down, shutdown)
+
+    def start(self, worker: Any) -> None:
+        settings = worker.app.snakepit_settings
+        node = Node(settings, self.pool, worker.hostname)
+        node.start()
+        self.node = node
+        worker.app.snakepit_node = node
+
+    def stop(self, worker: Any) -> None:
+        """Nothing here: calls in flight still need their workers."""
+
+    def shutdown(self, worker: Any) -> None:
+        if self.node is not None:
+            self.node.stop()
+            self.node = None

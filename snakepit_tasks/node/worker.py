@@ -1,0 +1,263 @@
+"""One worker: an adapter runtime process owned by a node, and the gRPC channel to it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .._proto import bridge_pb2 as pb
+from .._proto import bridge_pb2_grpc as pb_grpc
+from ..errors import ConfigurationError
+
+log = logging.getLogger("snakepit_tasks.node")
+
+# Thread-count variables set to 1 for the process profile, so N workers do not start N×cores
+# BLAS/OpenMP threads each.
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+
+
+class WorkerStartError(ConfigurationError):
+    """A worker process could not be started or did not become ready."""
+
+
+@dataclass
+class ExitStatus:
+    """How a worker process ended: exit code, or the signal that killed it."""
+
+    returncode: int
+
+    @property
+    def signal(self) -> str | None:
+        if self.returncode < 0:
+            try:
+                return signal.Signals(-self.returncode).name
+            except ValueError:
+                return f"signal {-self.returncode}"
+        return None
+
+    def describe(self) -> str:
+        return f"killed by {self.signal}" if self.signal else f"exited with code {self.returncode}"
+
+
+class AdapterWorker:
+    """An adapter runtime process and the stub that calls it. Not thread-safe: the node's
+    :class:`~snakepit_tasks.node.workerset.WorkerSet` serialises start/stop."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        index: int,
+        adapter: str,
+        capacity: int,
+        run_dir: str,
+        run_id: str,
+        instance: str,
+        env: dict[str, str],
+    ) -> None:
+        self.worker_id = worker_id
+        self.index = index
+        self.adapter = adapter
+        self.capacity = capacity
+        self.socket_path = os.path.join(run_dir, f"w{index}.sock")
+        self.run_id = run_id
+        self.instance = instance
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.Channel | None = None
+        self.stub: pb_grpc.AdapterRuntimeStub | None = None
+        self.state = "new"  # new | starting | ready | dead | stopped
+        self.generation = 0
+        self.inflight = 0
+        self.requests = 0
+        self.started_at = 0.0
+        self.tools: dict[str, pb.ToolSpec] = {}
+        self._ready_fd = -1
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def spawn(self) -> None:
+        """Start the runtime process; :meth:`wait_ready` finishes the start."""
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        read_fd, write_fd = os.pipe()
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakepit_tasks.bridge.runtime",
+            "--adapter",
+            self.adapter,
+            "--socket",
+            self.socket_path,
+            "--worker-id",
+            self.worker_id,
+            "--capacity",
+            str(self.capacity),
+            "--ready-fd",
+            str(write_fd),
+            "--parent-pid",
+            str(os.getpid()),
+            "--run-id",
+            self.run_id,
+            "--instance",
+            self.instance,
+        ]
+        try:
+            self.process = subprocess.Popen(
+                cmd,
+                env=self.env,
+                pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # own process group: its children die with it
+            )
+        finally:
+            os.close(write_fd)
+        self._ready_fd = read_fd
+        self.generation += 1
+        self.state = "starting"
+        self.started_at = time.time()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the runtime serves, or raise WorkerStartError (and stop it)."""
+        deadline = time.monotonic() + timeout
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WorkerStartError(
+                        f"worker {self.worker_id} ({self.adapter}) was not ready within "
+                        f"{timeout:.1f}s",
+                        {"worker_id": self.worker_id},
+                    )
+                readable, _, _ = select.select([self._ready_fd], [], [], remaining)
+                if not readable:
+                    continue
+                part = os.read(self._ready_fd, 65536)
+                if not part:
+                    break
+                data += part
+        except WorkerStartError:
+            self.kill()
+            raise
+        finally:
+            os.close(self._ready_fd)
+            self._ready_fd = -1
+        message: dict[str, Any] = {}
+        if data:
+            try:
+                message = json.loads(data)
+            except ValueError:
+                message = {"ok": False, "error": data.decode(errors="replace")}
+        if not message.get("ok"):
+            self.kill()
+            status = ExitStatus(self.process.wait(5)) if self.process else None
+            error = message.get("error") or (
+                f"worker process {status.describe() if status else 'failed'} before it was ready"
+            )
+            raise WorkerStartError(
+                f"worker {self.worker_id} failed to start: {error}",
+                {"worker_id": self.worker_id, "adapter": self.adapter,
+                 "traceback": message.get("traceback", "")},
+            )
+        self.channel = grpc.insecure_channel(
+            f"unix:{self.socket_path}", options=[("grpc.enable_http_proxy", 0)]
+        )
+        self.stub = pb_grpc.AdapterRuntimeStub(self.channel)
+        describe = self.stub.Describe(
+            pb.DescribeRequest(), timeout=max(1.0, deadline - time.monotonic())
+        )
+        self.tools = {t.name: t for t in describe.tools}
+        self.state = "ready"
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the runtime's process group (it and anything it spawned)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the runtime and its children at once."""
+        self.signal_group(signal.SIGKILL)
+        self._close_channel()
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL."""
+        self.state = "stopped"
+        if self.process is not None and self.process.poll() is None:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %s ignored SIGTERM; killing it", self.worker_id)
+            self.signal_group(signal.SIGKILL)
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = None
+
+    def exit_status(self, wait: float = 0.0) -> ExitStatus | None:
+        """The exit status if the process has ended (waiting up to ``wait`` seconds)."""
+        if self.process is None:
+            return None
+        try:
+            code = self.process.wait(wait) if wait > 0 else self.process.poll()
+        except subprocess.TimeoutExpired:
+            return None
+        return None if code is None else ExitStatus(code)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the node publishes about this worker."""
+        return {
+            "id": self.worker_id,
+            "pid": self.pid,
+            "state": self.state,
+            "capacity": self.capacity,
+            "inflight": self.inflight,
+            "requests": self.requests,
+            "started_at": self.started_at,
+            "generation": self.generation,
+        }
+
+
+def worker_env(base: dict[str, str], profile: str, extra: dict[str, str]) -> dict[str, str]:
+    """The environment a runtime starts with: the node's, thread caps, then pool extras."""
+    env = dict(base)
+    if profile == "process":
+        for name in THREAD_ENV_VARS:
+            env.setdefault(name, "1")
+    env.update(extra)
+    # The node's working directory is importable, like ``python -m`` would make it.
+    cwd = os.getcwd()
+    path = env.get("PYTHONPATH", "")
+    if cwd not in path.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, path) if p)
+    return env
+
+

@@ -1,0 +1,306 @@
+"""The workers one node hosts: start in batches, hand calls to free slots, restart the dead."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from .. import serialization
+from .._proto import bridge_pb2 as pb
+from ..config import PoolConfig, Settings
+from ..errors import (
+    AdapterError,
+    ExecutionTimeout,
+    QueueTimeout,
+    SerializationError,
+    SnakepitError,
+    ToolNotFound,
+    WorkerCrashed,
+)
+from .worker import AdapterWorker, WorkerStartError, worker_env
+
+log = logging.getLogger("snakepit_tasks.node")
+
+
+class WorkerSet:
+    """The adapter workers of one node, and the slots callers take on them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: PoolConfig,
+        node_name: str,
+        *,
+        count: int | None = None,
+        run_id: str = "",
+        instance: str = "",
+        on_exit: Callable[[AdapterWorker, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.node_name = node_name
+        self.run_dir = tempfile.mkdtemp(prefix="snakepit-")  # mode 0700
+        env = worker_env(dict(os.environ), pool.worker_profile, pool.adapter_env)
+        self.workers = [
+            AdapterWorker(
+                worker_id=f"{node_name}/{i}",
+                index=i,
+                adapter=pool.adapter,
+                capacity=pool.capacity,
+                run_dir=self.run_dir,
+                run_id=run_id,
+                instance=instance,
+                env=env,
+            )
+            for i in range(count if count is not None else pool.pool_size)
+        ]
+        self._cond = threading.Condition()
+        self._restarts: queue.Queue[AdapterWorker | None] = queue.Queue()
+        self._stopping = False
+        self._on_exit = on_exit
+        self._supervisor: threading.Thread | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Calls this node can serve at once."""
+        return sum(w.capacity for w in self.workers)
+
+    def start(self) -> None:
+        """Start every worker, batch by batch; raise WorkerStartError if any cannot start."""
+        batch = self.pool.startup_batch_size or self.settings.pool_startup_batch_size
+        delay_ms = self.pool.startup_batch_delay_ms
+        delay = (self.settings.pool_startup_batch_delay_ms if delay_ms is None else delay_ms) / 1000
+        timeout = self.settings.pool_startup_timeout / 1000
+        try:
+            for first in range(0, len(self.workers), max(1, batch)):
+                if first:
+                    time.sleep(delay)
+                group = self.workers[first : first + batch]
+                for w in group:
+                    w.spawn()
+                errors: list[WorkerStartError] = []
+                for w in group:
+                    try:
+                        w.wait_ready(timeout)
+                    except WorkerStartError as exc:
+                        errors.append(exc)
+                if errors:
+                    raise errors[0]
+                for w in group:
+                    self._watch(w)
+        except BaseException:
+            self.stop(grace=1.0)
+            raise
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="snakepit-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop every worker: SIGTERM, ``grace`` seconds, SIGKILL. Idempotent."""
+        grace = self.settings.graceful_shutdown_timeout_ms / 1000 if grace is None else grace
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._restarts.put(None)
+        threads = [
+            threading.Thread(target=w.stop, args=(grace,), daemon=True) for w in self.workers
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(grace + 5)
+        try:
+            for name in os.listdir(self.run_dir):
+                os.unlink(os.path.join(self.run_dir, name))
+            os.rmdir(self.run_dir)
+        except OSError:
+            pass
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker now (shutdown deadline passed); calls in flight fail."""
+        for w in self.workers:
+            w.kill()
+
+    def _watch(self, worker: AdapterWorker) -> None:
+        process = worker.process
+        generation = worker.generation
+
+        def wait_exit() -> None:
+            assert process is not None
+            code = process.wait()
+            self._exited(worker, generation, code)
+
+        threading.Thread(target=wait_exit, name=f"wait-{worker.index}", daemon=True).start()
+
+    def _exited(self, worker: AdapterWorker, generation: int, code: int) -> None:
+        with self._cond:
+            if worker.generation != generation or self._stopping or worker.state == "stopped":
+                return
+            worker.state = "dead"
+            self._cond.notify_all()
+        status = worker.exit_status()
+        how = status.describe() if status else f"exited ({code})"
+        log.warning("worker %s (pid %s) %s; restarting it", worker.worker_id, worker.pid, how)
+        if self._on_exit:
+            self._on_exit(worker, how)
+        self._restarts.put(worker)
+
+    def _supervise(self) -> None:
+        # Restarts happen on this one long-lived thread: the runtimes' parent-death signal
+        # follows the thread that spawned them.
+        failures: dict[str, int] = {}
+        while True:
+            worker = self._restarts.get()
+            if worker is None or self._stopping:
+                return
+            backoff = self.settings.crash_barrier_backoff_ms or (100,)
+            n = failures.get(worker.worker_id, 0)
+            time.sleep(backoff[min(n, len(backoff) - 1)] / 1000)
+            try:
+                worker.kill()  # its children, if any survived it
+                with self._cond:
+                    if self._stopping:
+                        return
+                    worker.spawn()
+                worker.wait_ready(self.settings.pool_startup_timeout / 1000)
+            except (WorkerStartError, OSError, grpc.RpcError) as exc:
+                failures[worker.worker_id] = n + 1
+                log.error("restart of worker %s failed: %s", worker.worker_id, exc)
+                time.sleep(min(5.0, 0.5 * (n + 1)))
+                self._restarts.put(worker)
+                continue
+            failures.pop(worker.worker_id, None)
+            log.info("worker %s restarted as pid %s", worker.worker_id, worker.pid)
+            self._watch(worker)
+            with self._cond:
+                self._cond.notify_all()
+
+    # -- slots ---------------------------------------------------------------------------
+    def acquire(self, deadline: float, worker_id: str | None = None) -> AdapterWorker:
+        """Take a slot on a ready worker (``worker_id``'s if given) before ``deadline``."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    raise WorkerCrashed(f"node {self.node_name} is shutting down")
+                candidates = [
+                    w
+                    for w in self.workers
+                    if w.state == "ready"
+                    and w.inflight < w.capacity
+                    and (worker_id is None or w.worker_id == worker_id)
+                ]
+                if candidates:
+                    best = min(candidates, key=lambda w: w.inflight)
+                    best.inflight += 1
+                    return best
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    raise QueueTimeout(
+                        f"no worker of node {self.node_name} became free in time",
+                        {"node": self.node_name},
+                    )
+                self._cond.wait(min(remaining, 1.0))
+
+    def release(self, worker: AdapterWorker) -> None:
+        """Give back a slot taken with :meth:`acquire`."""
+        with self._cond:
+            worker.inflight -= 1
+            worker.requests += 1
+            self._cond.notify()
+
+    # -- the hand-off --------------------------------------------------------------------
+    def call(
+        self,
+        command: str,
+        args: Any,
+        *,
+        deadline: float,
+        call_id: str = "",
+        session_id: str = "",
+        worker_id: str | None = None,
+    ) -> Any:
+        """Run ``command`` on a free worker and return its decoded result."""
+        request = pb.ExecuteRequest(
+            call_id=call_id,
+            tool=command,
+            args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
+            session_id=session_id,
+        )
+        worker = self.acquire(deadline, worker_id)
+        try:
+            return self._execute(worker, request, deadline)
+        finally:
+            self.release(worker)
+
+    def _execute(self, worker: AdapterWorker, request: pb.ExecuteRequest, deadline: float) -> Any:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise ExecutionTimeout(f"call {request.tool!r} reached its deadline before it ran")
+        stub = worker.stub
+        generation = worker.generation
+        assert stub is not None
+        try:
+            response = stub.Execute(request, timeout=remaining)
+        except grpc.RpcError as exc:
+            raise self._rpc_failure(worker, generation, request.tool, exc) from None
+        if response.ok:
+            return serialization.decode(response.result.data, response.result.encoding)
+        raise error_from_info(response.error, worker.worker_id)
+
+    def _rpc_failure(
+        self, worker: AdapterWorker, generation: int, tool: str, exc: grpc.RpcError
+    ) -> SnakepitError:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if worker.capacity == 1 and worker.generation == generation:
+                # The tool is still running and owns the process: replace the worker so the
+                # slot really becomes free (like a hard time limit).
+                log.warning("call %r timed out on %s; replacing the worker", tool, worker.worker_id)
+                worker.kill()
+            return ExecutionTimeout(
+                f"call {tool!r} did not finish before its deadline", {"worker_id": worker.worker_id}
+            )
+        status = worker.exit_status(wait=2.0) if worker.generation == generation else None
+        details: dict[str, Any] = {"worker_id": worker.worker_id, "tool": tool, "pid": worker.pid}
+        if status is not None:
+            details.update(exit_code=status.returncode, signal=status.signal)
+            return WorkerCrashed(
+                f"worker {worker.worker_id} (pid {worker.pid}) {status.describe()} while "
+                f"running {tool!r}; it is being restarted",
+                details,
+            )
+        return WorkerCrashed(
+            f"worker {worker.worker_id} became unreachable while running {tool!r} "
+            f"({code.name if code else exc})",
+            details,
+        )
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Published state of every worker."""
+        with self._cond:
+            return [w.snapshot() for w in self.workers]
+
+
+def error_from_info(info: pb.ErrorInfo, worker_id: str) -> SnakepitError:
+    """The caller-facing exception for an error the runtime reported."""
+    details = {
+        "type": info.type,
+        "message": info.message,
+        "traceback": info.traceback,
+        "worker_id": worker_id,
+    }
+    if info.kind == "tool_not_found":
+        return ToolNotFound(info.message, {"available": list(info.available_tools), **details})
+    if info.kind == "serialization":
+        return SerializationError(info.message, details)
+    return AdapterError(f"{info.type}: {info.message}", details)

@@ -1,0 +1,159 @@
+"""Shared state in Redis: connections, node leases, workers and counters, as data."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import redis
+
+from . import keys
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def redis_client(url: str) -> redis.Redis:
+    """One shared (thread-safe, pooled) client per URL in this process."""
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = redis.Redis.from_url(
+                url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+            )
+            _clients[url] = client
+        return client
+
+
+def close_clients() -> None:
+    """Close every client :func:`redis_client` made."""
+    with _clients_lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()
+
+
+def live_nodes(r: redis.Redis, pool: str) -> list[dict[str, Any]]:
+    """Leases of the nodes currently serving ``pool`` (expired ones are dropped)."""
+    names = sorted(n.decode() for n in r.smembers(keys.pool_nodes(pool)))
+    if not names:
+        return []
+    with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keys.node_lease(name))
+            pipe.hgetall(keys.node_workers(name))
+        replies = pipe.execute()
+    nodes = []
+    for i, name in enumerate(names):
+        lease, workers = replies[2 * i], replies[2 * i + 1]
+        if not lease:
+            continue
+        info = {k.decode(): v.decode() for k, v in lease.items()}
+        info["name"] = name
+        info["workers"] = sorted(
+            (json.loads(v) for v in workers.values()), key=lambda w: w["id"]
+        )
+        nodes.append(info)
+    return nodes
+
+
+def known_pools(r: redis.Redis) -> set[str]:
+    """Pools any node has ever served on this Redis."""
+    return {p.decode() for p in r.smembers(keys.pools())}
+
+
+def count(r: redis.Redis, pool: str, **counters: int) -> None:
+    """Add to ``pool``'s counters (requests, errors, queue_timeouts, pool_saturated)."""
+    with r.pipeline(transaction=False) as pipe:
+        for name, n in counters.items():
+            if n:
+                pipe.hincrby(keys.pool_stats(pool), name, n)
+        pipe.execute()
+
+
+def read_counters(r: redis.Redis, pool: str) -> dict[str, int]:
+    """``pool``'s counters."""
+    raw = r.hgetall(keys.pool_stats(pool))
+    return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def queue_length(r: redis.Redis, queue: str) -> int:
+    """Messages waiting in a Redis-broker queue (all priority sub-queues included)."""
+    with r.pipeline(transaction=False) as pipe:
+        pipe.llen(queue)
+        for step in (3, 6, 9):
+            pipe.llen(f"{queue}\x06\x16{step}")
+        return int(sum(pipe.execute()))
+
+
+class NodeLease:
+    """Publishes a node and its workers to Redis with a TTL, from its own thread."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        node: str,
+        pool: str,
+        ttl_ms: int,
+        interval_ms: int,
+        describe: Any,
+    ) -> None:
+        self.r = r
+        self.node = node
+        self.pool = pool
+        self.ttl_ms = ttl_ms
+        self.interval = interval_ms / 1000
+        self.describe = describe  # () -> (node fields, list of worker snapshots)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self) -> None:
+        """Write the lease once."""
+        fields, workers = self.describe()
+        lease_key, workers_key = keys.node_lease(self.node), keys.node_workers(self.node)
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(lease_key, mapping={**fields, "heartbeat": time.time()})
+            pipe.pexpire(lease_key, self.ttl_ms)
+            pipe.delete(workers_key)
+            if workers:
+                pipe.hset(workers_key, mapping={w["id"]: json.dumps(w) for w in workers})
+                pipe.pexpire(workers_key, self.ttl_ms)
+            pipe.set(keys.pool_alive(self.pool), self.node, px=self.ttl_ms)
+            pipe.sadd(keys.pools(), self.pool)
+            pipe.sadd(keys.pool_nodes(self.pool), self.node)
+            pipe.execute()
+
+    def start(self) -> None:
+        """Publish now, then every interval until :meth:`stop`."""
+        self.publish()
+        self._thread = threading.Thread(target=self._run, name="snakepit-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.publish()
+            except redis.RedisError:
+                pass  # Redis away: the lease lapses, callers stop routing here; retry next tick
+
+    def stop(self) -> None:
+        """Stop refreshing and withdraw the lease."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+        try:
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.delete(keys.node_lease(self.node), keys.node_workers(self.node))
+                pipe.srem(keys.pool_nodes(self.pool), self.node)
+                pipe.execute()
+            if not live_nodes(self.r, self.pool):
+                self.r.delete(keys.pool_alive(self.pool))
+        except redis.RedisError:
+            pass
+
+
+def pool_is_alive(r: redis.Redis, pool: str) -> bool:
+    """Whether some node of ``pool`` holds a lease right now."""
+    return bool(r.exists(keys.pool_alive(pool)))
