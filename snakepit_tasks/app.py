@@ -54,12 +54,20 @@ def create_app(settings: Settings | None = None, *, main: str = "snakepit_tasks"
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    app.snakepit_settings = settings  # type: ignore[attr-defined]
+    app.snakepit_settings = settings
     app.user_options["worker"].add(
         Option(
             ["--snakepit-pool"],
             default=None,
             help="snakepit pool this node serves (default: SNAKEPIT_NODE_POOL or the first)",
+        )
+    )
+    app.user_options["worker"].add(
+        Option(
+            ["--snakepit-workers"],
+            default=None,
+            type=int,
+            help="workers this node hosts (default: the pool's pool_size)",
         )
     )
     from .node.bootstep import SnakepitNodeStep

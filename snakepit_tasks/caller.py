@@ -119,9 +119,8 @@ def await_ready(
     r = state.redis_client(settings.redis_url)
     deadline = time.monotonic() + timeout
     while True:
-        ready = [
-            w["id"] for n in state.live_nodes(r, pool) for w in n["workers"] if w["state"] == "ready"
-        ]
+        nodes = state.live_nodes(r, pool)
+        ready = [w["id"] for n in nodes for w in n["workers"] if w["state"] == "ready"]
         if ready:
             return ready
         if time.monotonic() >= deadline:

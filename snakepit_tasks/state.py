@@ -27,6 +27,11 @@ def redis_client(url: str) -> redis.Redis:
         return client
 
 
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def close_clients() -> None:
     """Close every client :func:`redis_client` made."""
     with _clients_lock:
@@ -37,7 +42,7 @@ def close_clients() -> None:
 
 def live_nodes(r: redis.Redis, pool: str) -> list[dict[str, Any]]:
     """Leases of the nodes currently serving ``pool`` (expired ones are dropped)."""
-    names = sorted(n.decode() for n in r.smembers(keys.pool_nodes(pool)))
+    names = sorted(text(n) for n in r.smembers(keys.pool_nodes(pool)))
     if not names:
         return []
     with r.pipeline(transaction=False) as pipe:
@@ -50,7 +55,7 @@ def live_nodes(r: redis.Redis, pool: str) -> list[dict[str, Any]]:
         lease, workers = replies[2 * i], replies[2 * i + 1]
         if not lease:
             continue
-        info = {k.decode(): v.decode() for k, v in lease.items()}
+        info: dict[str, Any] = {text(k): text(v) for k, v in lease.items()}
         info["name"] = name
         info["workers"] = sorted(
             (json.loads(v) for v in workers.values()), key=lambda w: w["id"]
@@ -61,7 +66,7 @@ def live_nodes(r: redis.Redis, pool: str) -> list[dict[str, Any]]:
 
 def known_pools(r: redis.Redis) -> set[str]:
     """Pools any node has ever served on this Redis."""
-    return {p.decode() for p in r.smembers(keys.pools())}
+    return {text(p) for p in r.smembers(keys.pools())}
 
 
 def count(r: redis.Redis, pool: str, **counters: int) -> None:
@@ -76,7 +81,7 @@ def count(r: redis.Redis, pool: str, **counters: int) -> None:
 def read_counters(r: redis.Redis, pool: str) -> dict[str, int]:
     """``pool``'s counters."""
     raw = r.hgetall(keys.pool_stats(pool))
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return {text(k): int(v) for k, v in raw.items()}
 
 
 def queue_length(r: redis.Redis, queue: str) -> int:

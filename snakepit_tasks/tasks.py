@@ -20,7 +20,7 @@ from .errors import ConfigurationError, SerializationError, SnakepitError
 EXECUTE = "snakepit.execute"
 
 
-class ExecuteTask(Task):  # type: ignore[misc]
+class ExecuteTask(Task):
     """Runs one tool call on a worker of the node that receives it."""
 
     name = EXECUTE

@@ -150,7 +150,8 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                 supports_streaming=spec.supports_streaming,
                 idempotent=spec.idempotent,
                 parameters=[
-                    pb.ParameterSpec(name=n, annotation=a, required=r) for n, a, r in spec.parameters
+                    pb.ParameterSpec(name=n, annotation=a, required=r)
+                    for n, a, r in spec.parameters
                 ],
             )
             for spec in self.tools.values()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
+import threading
+import time
 from typing import Any
 
 from celery import bootsteps, signals
@@ -14,7 +19,7 @@ from .node import Node
 log = logging.getLogger("snakepit_tasks.node")
 
 
-class SnakepitNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class SnakepitNodeStep(bootsteps.StartStopStep):
     """Starts the pool's workers before the consumer; stops them at ``worker_shutdown``.
 
     A bootstep's ``stop`` runs before in-flight tasks finish, so the workers are stopped from
@@ -23,7 +28,13 @@ class SnakepitNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     label = "snakepit"
 
-    def __init__(self, worker: Any, snakepit_pool: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        worker: Any,
+        snakepit_pool: str | None = None,
+        snakepit_workers: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         from ..app import declare_queue
 
         app = worker.app
@@ -31,8 +42,10 @@ class SnakepitNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
         self.pool = settings.pool(name)
         self.node: Node | None = None
+        self.count = int(snakepit_workers or self.pool.pool_size)
         # One thread per worker slot: a thread only takes a message when a slot can serve it.
-        worker.concurrency = self.pool.pool_size * self.pool.capacity
+        worker.concurrency = self.count * self.pool.capacity
+        watch_parent()
         queues = app.amqp.queues
         names = [keys.pool_queue(self.pool.name), keys.node_queue(worker.hostname)]
         for queue_name in names:
@@ -54,7 +67,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         settings = worker.app.snakepit_settings
-        node = Node(settings, self.pool, worker.hostname)
+        node = Node(settings, self.pool, worker.hostname, count=self.count)
         node.start()
         self.node = node
         worker.app.snakepit_node = node
@@ -66,3 +79,22 @@ class SnakepitNodeStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self.node is not None:
             self.node.stop()
             self.node = None
+
+
+def watch_parent() -> None:
+    """When started by ``snakepit-tasks worker``, stop (gracefully) if that supervisor dies."""
+    parent = int(os.environ.get("SNAKEPIT_PARENT_PID", "0") or 0)
+    if not parent or os.getppid() != parent:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="snakepit-parent-watch", daemon=True).start()

@@ -30,7 +30,9 @@ def new_run_id() -> str:
 class Node:
     """Owns the workers of a node and tells Redis about them."""
 
-    def __init__(self, settings: Settings, pool: PoolConfig, name: str) -> None:
+    def __init__(
+        self, settings: Settings, pool: PoolConfig, name: str, count: int | None = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.name = name
@@ -41,6 +43,7 @@ class Node:
             settings,
             pool,
             name,
+            count=count,
             run_id=self.run_id,
             instance=settings.instance_name,
             on_exit=self._worker_exited,
