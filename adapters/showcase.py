@@ -9,7 +9,7 @@ import builtins
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from snakepit_tasks.bridge import BaseAdapter, tool
@@ -80,8 +80,28 @@ class ShowcaseAdapter(BaseAdapter):
         }
 
     @tool(description="Yield n chunks, optionally pausing between them", supports_streaming=True)
-    def stream_count(self, n: int = 5, delay: float = 0.0) -> Iterator[dict[str, Any]]:
+    def stream_count(
+        self, n: int = 5, delay: float = 0.0
+    ) -> Generator[dict[str, Any], None, dict[str, Any]]:
         for i in range(1, int(n) + 1):
             if delay:
                 time.sleep(float(delay))
             yield {"i": i, "of": n}
+        return {"count": int(n), "pid": os.getpid(), "worker_id": self.session_context.worker_id}
+
+    @tool(description="Yield n chunks, then raise", supports_streaming=True)
+    def stream_fail(self, n: int = 2, message: str = "stream broke") -> Iterator[dict[str, Any]]:
+        for i in range(1, int(n) + 1):
+            yield {"i": i}
+        raise RuntimeError(message)
+
+    @tool(description="Yield n chunks, then kill this process", supports_streaming=True)
+    def stream_crash(self, n: int = 2) -> Iterator[dict[str, Any]]:
+        for i in range(1, int(n) + 1):
+            yield {"i": i}
+            time.sleep(0.05)
+        os._exit(1)
+
+    @tool(description="Yield one chunk of the given size in bytes", supports_streaming=True)
+    def stream_blob(self, size: int = 1024) -> Iterator[str]:
+        yield "x" * int(size)

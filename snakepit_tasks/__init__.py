@@ -17,10 +17,16 @@ from .caller import (
 )
 from .config import PoolConfig, Settings, load_settings
 from .errors import SnakepitError
+from .streaming.api import HALT, Stream, execute_stream, stream, stream_result
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HALT",
+    "Stream",
+    "execute_stream",
+    "stream",
+    "stream_result",
     "PoolConfig",
     "Settings",
     "SnakepitError",

@@ -118,6 +118,10 @@ class Settings:
     worker_ttl: int = 0
     worker_max_requests: int = 0
     memory_threshold_mb: int = 0
+    # Streaming: chunks kept per call, retention after the call ends (s), largest chunk
+    stream_max_len: int = 10_000
+    stream_retention: int = 3_600
+    stream_max_chunk_bytes: int = 4 * 1024 * 1024
     # Broker: seconds before Redis re-delivers an unacknowledged message
     visibility_timeout: int = 3_600
     # Celery events for Flower

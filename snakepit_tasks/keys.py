@@ -49,3 +49,23 @@ def busy(node: str) -> str:
 def pool_alive(pool: str) -> str:
     """Present while at least one node of ``pool`` holds a lease (same TTL)."""
     return f"{PREFIX}:pool:{pool}:alive"
+
+
+def stream(call_id: str) -> str:
+    """Redis stream holding the chunks of a streaming call, then its final entry."""
+    return f"{PREFIX}:stream:{call_id}"
+
+
+def stream_cancel(call_id: str) -> str:
+    """Set by a caller to stop a streaming call."""
+    return f"{PREFIX}:stream:{call_id}:cancel"
+
+
+def reader_wake(reader_id: str) -> str:
+    """Stream a caller process writes to wake its own blocked stream reader."""
+    return f"{PREFIX}:reader:{reader_id}:wake"
+
+
+def chunk_id(seq: int) -> str:
+    """Stream entry id of chunk ``seq`` (so a reader can resume after any chunk)."""
+    return f"0-{seq}"

@@ -13,7 +13,7 @@ from . import keys, serialization, state
 from .config import Settings
 from .errors import NoWorkersAvailable, PoolNotFound, SerializationError
 
-CALL_PARAMS = ("command", "args", "pool", "timeout", "deadline", "session_id")
+CALL_PARAMS = ("command", "args", "pool", "timeout", "deadline", "session_id", "stream")
 ALIVE_CACHE_SECONDS = 1.0
 
 
@@ -69,7 +69,11 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
     pool = call.get("pool") or settings.default_pool_name
     call["pool"] = pool
     if call.get("deadline") is None:
-        seconds = timeout if timeout is not None else settings.default_command_timeout / 1000
+        streaming = bool(call.get("stream"))
+        default_ms = (
+            settings.pool_streaming_timeout if streaming else settings.default_command_timeout
+        )
+        seconds = timeout if timeout is not None else default_ms / 1000
         call["deadline"] = time.time() + float(seconds)
     check_pool(settings, pool)
     from .app import declare_queue

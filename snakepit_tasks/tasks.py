@@ -35,6 +35,7 @@ class ExecuteTask(Task):
         timeout: float | None = None,
         deadline: float | None = None,
         session_id: str | None = None,
+        stream: bool = False,
     ) -> Any:
         node = getattr(self.app, "snakepit_node", None)
         if node is None:
@@ -48,7 +49,8 @@ class ExecuteTask(Task):
             )
         if deadline is None:
             deadline = time.time() + (timeout or node.settings.default_command_timeout / 1000)
-        return node.call(
+        call = node.call_stream if stream else node.call
+        return call(
             command,
             args or {},
             deadline=deadline,

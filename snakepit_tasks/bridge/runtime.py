@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -69,8 +69,8 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _iterate(value: Any) -> Iterator[Any]:
-    """Iterate a sync or async generator from a worker thread."""
+def _iterate(value: Any) -> Generator[Any, None, Any]:
+    """Iterate a sync or async generator from a worker thread; returns its return value."""
     if inspect.isasyncgen(value):
         loop = asyncio.new_event_loop()
         try:
@@ -78,12 +78,12 @@ def _iterate(value: Any) -> Iterator[Any]:
                 try:
                     yield loop.run_until_complete(value.__anext__())
                 except StopAsyncIteration:
-                    return
+                    return None
         finally:
             loop.run_until_complete(value.aclose())
             loop.close()
     else:
-        yield from value
+        return (yield from value)
 
 
 class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
@@ -97,6 +97,8 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         self._methods = {name: adapter_cls.tool_method_name(name) for name in self.tools}
         self._inflight = 0
         self._lock = threading.Lock()
+        # At most ``capacity`` tools run at once, even while a cancelled stream winds down.
+        self._slots = threading.BoundedSemaphore(capacity)
 
     # -- helpers -----------------------------------------------------------------------
     def _prepare(self, request: pb.ExecuteRequest) -> tuple[BaseAdapter, Any, dict[str, Any]]:
@@ -131,12 +133,14 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         return instance, getattr(instance, method_name), args
 
     def _enter(self) -> None:
+        self._slots.acquire()
         with self._lock:
             self._inflight += 1
 
     def _leave(self) -> None:
         with self._lock:
             self._inflight -= 1
+        self._slots.release()
 
     # -- RPCs ----------------------------------------------------------------------------
     def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
@@ -198,12 +202,14 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
     def ExecuteStream(  # noqa: N802
         self, request: pb.ExecuteRequest, context: Any
     ) -> Iterator[pb.StreamChunk]:
+        stopped = threading.Event()
+        context.add_callback(stopped.set)  # the caller went away, or the call ended
         self._enter()
         try:
             try:
                 instance, method, args = self._prepare(request)
             except _ToolFailure as failure:
-                yield pb.StreamChunk(seq=0, is_final=True, error=failure.info)
+                yield pb.StreamChunk(seq=1, is_final=True, error=failure.info)
                 return
             seq = 0
             try:
@@ -211,15 +217,26 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                 try:
                     value = method(**args)
                     if inspect.isgenerator(value) or inspect.isasyncgen(value):
-                        for item in _iterate(value):
-                            seq += 1
-                            data = serialization.encode_result(item)
-                            yield pb.StreamChunk(
-                                seq=seq, data=pb.Payload(data=data, encoding=serialization.JSON)
-                            )
-                        value = None
+                        items = _iterate(value)
+                        try:
+                            while not stopped.is_set():
+                                try:
+                                    item = next(items)
+                                except StopIteration as stop:
+                                    value = stop.value
+                                    break
+                                seq += 1
+                                data = serialization.encode_result(item)
+                                yield pb.StreamChunk(
+                                    seq=seq,
+                                    data=pb.Payload(data=data, encoding=serialization.JSON),
+                                )
+                        finally:
+                            items.close()
                 finally:
                     instance.cleanup()
+                if stopped.is_set():
+                    return
                 final = pb.Payload(
                     data=serialization.encode_result(value), encoding=serialization.JSON
                 )
@@ -318,7 +335,11 @@ def serve(
     servicer = AdapterServicer(adapter_cls, worker_id, capacity)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=capacity + 4, thread_name_prefix="tool"),
-        options=[("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ],
     )
     pb_grpc.add_AdapterRuntimeServicer_to_server(servicer, server)
     old_umask = os.umask(0o177)

@@ -14,6 +14,7 @@ from typing import Any
 from .. import state
 from ..config import PoolConfig, Settings
 from ..errors import SnakepitError
+from ..streaming.writer import ChunkWriter
 from .worker import AdapterWorker
 from .workerset import WorkerSet
 
@@ -101,6 +102,44 @@ class Node:
             try:
                 state.count(self.redis, self.pool.name, requests=1, errors=error)
             except Exception:  # counters must never fail a call
+                log.debug("could not count call", exc_info=True)
+
+    def call_stream(self, command: str, args: Any, *, deadline: float, call_id: str,
+                    session_id: str = "") -> Any:
+        """Run a streaming call: chunks go to the call's Redis stream, then a final entry."""
+        writer = ChunkWriter(
+            self.redis,
+            call_id,
+            max_len=self.settings.stream_max_len,
+            retention=self.settings.stream_retention,
+            ttl=int(max(0.0, deadline - time.time())) + self.settings.stream_retention,
+        )
+        error = 0
+        try:
+            result = self.workers.call_stream(
+                command,
+                args,
+                deadline=deadline,
+                on_chunk=writer.put,
+                cancelled=writer.cancelled,
+                call_id=call_id,
+                session_id=session_id,
+            )
+        except SnakepitError as exc:
+            error = 1
+            writer.fail(exc)
+            raise
+        except BaseException as exc:
+            error = 1
+            writer.fail(SnakepitError(f"streaming call failed on the node: {exc!r}"))
+            raise
+        else:
+            writer.finish(result)
+            return result
+        finally:
+            try:
+                state.count(self.redis, self.pool.name, requests=1, errors=error)
+            except Exception:
                 log.debug("could not count call", exc_info=True)
 
     def _describe(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:

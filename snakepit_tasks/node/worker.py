@@ -32,6 +32,10 @@ THREAD_ENV_VARS = (
 )
 
 
+# Largest gRPC message between node and runtime (arguments, results, chunks).
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
 class WorkerStartError(ConfigurationError):
     """A worker process could not be started or did not become ready."""
 
@@ -178,7 +182,12 @@ class AdapterWorker:
                  "traceback": message.get("traceback", "")},
             )
         self.channel = grpc.insecure_channel(
-            f"unix:{self.socket_path}", options=[("grpc.enable_http_proxy", 0)]
+            f"unix:{self.socket_path}",
+            options=[
+                ("grpc.enable_http_proxy", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
         )
         self.stub = pb_grpc.AdapterRuntimeStub(self.channel)
         describe = self.stub.Describe(

@@ -285,10 +285,94 @@ class WorkerSet:
             details,
         )
 
+    def call_stream(
+        self,
+        command: str,
+        args: Any,
+        *,
+        deadline: float,
+        on_chunk: Callable[[int, bytes], None],
+        cancelled: threading.Event,
+        call_id: str = "",
+        session_id: str = "",
+        worker_id: str | None = None,
+    ) -> Any:
+        """Run a streaming tool; hand each chunk to ``on_chunk``; return the final result.
+
+        Stops the tool (and frees the worker) as soon as ``cancelled`` is set.
+        """
+        request = pb.ExecuteRequest(
+            call_id=call_id,
+            tool=command,
+            args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
+            session_id=session_id,
+        )
+        worker = self.acquire(deadline, worker_id)
+        try:
+            return self._stream(worker, request, deadline, on_chunk, cancelled)
+        finally:
+            self.release(worker)
+
+    def _stream(
+        self,
+        worker: AdapterWorker,
+        request: pb.ExecuteRequest,
+        deadline: float,
+        on_chunk: Callable[[int, bytes], None],
+        cancelled: threading.Event,
+    ) -> Any:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise ExecutionTimeout(f"call {request.tool!r} reached its deadline before it ran")
+        assert worker.stub is not None
+        generation = worker.generation
+        limit = self.settings.stream_max_chunk_bytes
+        rpc = worker.stub.ExecuteStream(request, timeout=remaining)
+        watcher = threading.Thread(
+            target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True
+        )
+        watcher.start()
+        count = 0
+        try:
+            for message in rpc:
+                if message.is_final:
+                    if message.HasField("error") and message.error.kind:
+                        raise error_from_info(message.error, worker.worker_id)
+                    return serialization.decode(message.result.data, message.result.encoding)
+                size = len(message.data.data)
+                if size > limit:
+                    rpc.cancel()
+                    raise SerializationError(
+                        f"chunk {message.seq} of {request.tool!r} is {size} bytes, over the "
+                        f"{limit}-byte limit (stream_max_chunk_bytes); send large data by "
+                        "reference or raise the limit",
+                        {"seq": message.seq, "size": size, "limit": limit},
+                    )
+                count += 1
+                on_chunk(message.seq, message.data.data)
+        except grpc.RpcError as exc:
+            if cancelled.is_set():
+                return {"halted": True, "chunks": count}
+            raise self._rpc_failure(worker, generation, request.tool, exc) from None
+        if cancelled.is_set():
+            return {"halted": True, "chunks": count}
+        raise WorkerCrashed(
+            f"stream of {request.tool!r} on {worker.worker_id} ended without a final message",
+            {"worker_id": worker.worker_id},
+        )
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Published state of every worker."""
         with self._cond:
             return [w.snapshot() for w in self.workers]
+
+
+def _cancel_when(cancelled: threading.Event, rpc: Any) -> None:
+    """Cancel ``rpc`` once ``cancelled`` is set; return when the RPC ends either way."""
+    while not cancelled.wait(0.05):
+        if not rpc.is_active():
+            return
+    rpc.cancel()
 
 
 def error_from_info(info: pb.ErrorInfo, worker_id: str) -> SnakepitError:

@@ -1,0 +1,127 @@
+"""Node side: appends a call's chunks to its Redis stream and notices a caller's cancel."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+import redis
+
+from .. import keys
+from ..errors import SnakepitError
+from . import entries
+
+log = logging.getLogger("snakepit_tasks.node")
+
+BATCH = 500
+IDLE_CHECK_SECONDS = 0.2
+_STOP = object()
+
+
+class ChunkWriter:
+    """Writes chunks from a background thread, pipelining whatever has accumulated.
+
+    :meth:`put` blocks when ``max_pending`` chunks are waiting, which slows the gRPC reader
+    and through flow control the adapter itself: a slow Redis never grows memory unbounded.
+    """
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        call_id: str,
+        *,
+        max_len: int,
+        retention: int,
+        ttl: int,
+        max_pending: int = 1000,
+    ) -> None:
+        self.r = r
+        self.key = keys.stream(call_id)
+        self.cancel_key = keys.stream_cancel(call_id)
+        self.max_len = max_len
+        self.retention = retention
+        self.ttl = max(ttl, retention)
+        self.cancelled = threading.Event()
+        self.last_seq = 0
+        self._queue: queue.Queue[Any] = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snakepit-chunks", daemon=True)
+        self._thread.start()
+
+    def put(self, seq: int, data: bytes) -> None:
+        """Queue chunk ``seq`` (JSON bytes) for the stream."""
+        self._queue.put((seq, data))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE_CHECK_SECONDS)
+            except queue.Empty:
+                self._check_cancel()
+                continue
+            batch = [item]
+            while len(batch) < BATCH and item is not _STOP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(item)
+            chunks = [b for b in batch if b is not _STOP]
+            if chunks:
+                self._flush(chunks)
+            if batch[-1] is _STOP:
+                return
+
+    def _flush(self, chunks: list[tuple[int, bytes]]) -> None:
+        try:
+            with self.r.pipeline(transaction=False) as pipe:
+                for seq, data in chunks:
+                    pipe.xadd(
+                        self.key,
+                        entries.chunk_fields(data),  # type: ignore[arg-type]
+                        id=keys.chunk_id(seq),
+                        maxlen=self.max_len,
+                        approximate=True,
+                    )
+                pipe.expire(self.key, self.ttl)
+                pipe.exists(self.cancel_key)
+                replies = pipe.execute()
+            self.last_seq = chunks[-1][0]
+            if replies[-1]:
+                self.cancelled.set()
+        except redis.RedisError as exc:
+            self._error = exc
+            log.warning("could not write chunks of %s: %s", self.key, exc)
+
+    def _check_cancel(self) -> None:
+        try:
+            if self.r.exists(self.cancel_key):
+                self.cancelled.set()
+        except redis.RedisError:
+            pass
+
+    def _close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _final(self, fields: dict[bytes, bytes]) -> None:
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(self.key, fields, id=keys.chunk_id(self.last_seq + 1))  # type: ignore[arg-type]
+            pipe.expire(self.key, self.retention)
+            pipe.delete(self.cancel_key)
+            pipe.execute()
+
+    def finish(self, result: Any) -> None:
+        """Flush every chunk, then append the final entry with ``result``."""
+        self._close()
+        self._final(entries.final_fields(result))
+
+    def fail(self, exc: SnakepitError) -> None:
+        """Flush every chunk, then append the final entry with ``exc``."""
+        self._close()
+        try:
+            self._final(entries.error_fields(exc))
+        except redis.RedisError:
+            log.warning("could not write the final entry of %s", self.key)
