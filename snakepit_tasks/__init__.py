@@ -4,12 +4,14 @@
     sp.execute("ping")
 """
 
-from . import errors
+from . import errors, sessions
 from .app import configure, create_app, default_app
 from .caller import (
     await_ready,
     execute,
     execute_async,
+    execute_in_session,
+    execute_in_session_async,
     get_result,
     get_stats,
     list_workers,
@@ -17,7 +19,15 @@ from .caller import (
 )
 from .config import PoolConfig, Settings, load_settings
 from .errors import SnakepitError
-from .streaming.api import HALT, Stream, execute_stream, stream, stream_result
+from .streaming.api import (
+    HALT,
+    Stream,
+    execute_in_session_stream,
+    execute_stream,
+    stream,
+    stream_in_session,
+    stream_result,
+)
 
 __version__ = "0.1.0"
 
@@ -25,6 +35,8 @@ __all__ = [
     "HALT",
     "Stream",
     "execute_stream",
+    "execute_in_session_stream",
+    "stream_in_session",
     "stream",
     "stream_result",
     "PoolConfig",
@@ -37,6 +49,9 @@ __all__ = [
     "errors",
     "execute",
     "execute_async",
+    "execute_in_session",
+    "execute_in_session_async",
+    "sessions",
     "get_result",
     "get_stats",
     "list_workers",

@@ -9,9 +9,9 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from . import keys, state
+from . import keys, scripts, state
 from .app import default_app
-from .errors import ExecutionTimeout
+from .errors import ExecutionTimeout, QueueTimeout
 from .tasks import EXECUTE
 
 # Seconds a caller waits past a call's deadline for the node's own verdict.
@@ -46,16 +46,77 @@ def execute(
     """Run tool ``command`` with keyword arguments ``args`` on a worker; return its result.
 
     ``timeout`` (seconds) bounds queueing plus execution; the default is the
-    ``default_command_timeout`` setting. Errors are :mod:`snakepit_tasks.errors` classes.
+    ``default_command_timeout`` setting. A call no worker takes within ``pool_queue_timeout``
+    fails with QueueTimeout and never runs. Errors are :mod:`snakepit_tasks.errors` classes.
     """
-    the_app = _app(app)
-    seconds = timeout if timeout else the_app.snakepit_settings.default_command_timeout / 1000
-    deadline = time.time() + seconds
-    task = the_app.tasks[EXECUTE]
-    result = task.apply_async(
-        (command, args), {"pool": pool, "timeout": timeout, "deadline": deadline}
+    return _run_and_wait(_app(app), command, args, pool=pool, timeout=timeout)
+
+
+def execute_in_session_async(
+    session_id: str,
+    command: str,
+    args: dict[str, Any] | None = None,
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    affinity: str | None = None,
+    app: Celery | None = None,
+) -> AsyncResult:
+    """Send a call of session ``session_id``; returns the Celery ``AsyncResult``."""
+    task = _app(app).tasks[EXECUTE]
+    return task.apply_async(
+        (command, args),
+        {"pool": pool, "timeout": timeout, "session_id": session_id, "affinity": affinity},
     )
-    return wait(result, seconds + RESULT_GRACE_SECONDS)
+
+
+def execute_in_session(
+    session_id: str,
+    command: str,
+    args: dict[str, Any] | None = None,
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    affinity: str | None = None,
+    app: Celery | None = None,
+) -> Any:
+    """Like :func:`execute`, on the worker that holds session ``session_id``.
+
+    ``affinity`` ("hint", "strict_queue", "strict_fail_fast") overrides the pool's mode.
+    """
+    return _run_and_wait(
+        _app(app), command, args, pool=pool, timeout=timeout, session_id=session_id,
+        affinity=affinity,
+    )
+
+
+def _run_and_wait(
+    app: Celery, command: str, args: dict[str, Any] | None, **options: Any
+) -> Any:
+    settings = app.snakepit_settings
+    timeout = options.get("timeout")
+    seconds = timeout if timeout else settings.default_command_timeout / 1000
+    deadline = time.time() + seconds
+    result = app.tasks[EXECUTE].apply_async((command, args), {**options, "deadline": deadline})
+    queue_wait = settings.pool_queue_timeout / 1000
+    if queue_wait < seconds:
+        try:
+            return result.get(timeout=queue_wait, propagate=True, disable_sync_subtasks=False)
+        except CeleryTimeoutError:
+            if give_up(app, result.id, options.get("pool") or settings.default_pool_name):
+                raise QueueTimeout(
+                    f"no worker took call {command!r} within pool_queue_timeout "
+                    f"({settings.pool_queue_timeout} ms); it will not run",
+                    {"task_id": result.id},
+                ) from None
+    return wait(result, max(0.0, deadline - time.time()) + RESULT_GRACE_SECONDS)
+
+
+def give_up(app: Celery, call_id: str, pool: str) -> bool:
+    """Mark a call timed out unless a node started it; True when it will never run."""
+    r = state.redis_client(app.snakepit_settings.redis_url)
+    script = scripts.script(r, "give_up_call")
+    return bool(script(keys=[keys.call_state(call_id), keys.pool_stats(pool)], args=[60_000]))
 
 
 def wait(result: AsyncResult, timeout: float | None = None) -> Any:

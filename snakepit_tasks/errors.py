@@ -60,6 +60,10 @@ class SessionWorkerUnavailable(SnakepitError):
     """The session's worker is tainted or gone and the affinity mode is strict."""
 
 
+class SessionQuotaExceeded(SnakepitError):
+    """``session_max_sessions`` sessions exist already; end some or raise the limit."""
+
+
 class WorkerCrashed(SnakepitError):
     """The adapter process died while serving the call."""
 
@@ -95,6 +99,7 @@ ERROR_CLASSES: dict[str, type[SnakepitError]] = {
         AdapterError,
         WorkerBusy,
         SessionWorkerUnavailable,
+        SessionQuotaExceeded,
         WorkerCrashed,
         CircuitOpen,
         QueueFull,

@@ -69,3 +69,23 @@ def reader_wake(reader_id: str) -> str:
 def chunk_id(seq: int) -> str:
     """Stream entry id of chunk ``seq`` (so a reader can resume after any chunk)."""
     return f"0-{seq}"
+
+
+def call_state(call_id: str) -> str:
+    """``started`` once a node runs the call, ``timed_out`` once a caller gave up on it."""
+    return f"{PREFIX}:call:{call_id}"
+
+
+def session(session_id: str) -> str:
+    """Hash of a session: worker, node, pool, created, last_used; expires when unused."""
+    return f"{PREFIX}:session:{session_id}"
+
+
+def sessions() -> str:
+    """Sorted set of session ids by last use (quota and listing)."""
+    return f"{PREFIX}:sessions"
+
+
+def taint(worker_id: str) -> str:
+    """Present while ``worker_id`` is tainted (recently crashed): routing avoids it."""
+    return f"{PREFIX}:taint:{worker_id}"

@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from kombu import Queue
 
-from . import keys, serialization, state
-from .config import Settings
-from .errors import NoWorkersAvailable, PoolNotFound, SerializationError
+from . import keys, serialization, sessions, state
+from .config import AFFINITY_MODES, Settings
+from .errors import (
+    ConfigurationError,
+    NoWorkersAvailable,
+    PoolNotFound,
+    QueueFull,
+    SerializationError,
+    SessionWorkerUnavailable,
+    SnakepitError,
+    WorkerBusy,
+)
 
-CALL_PARAMS = ("command", "args", "pool", "timeout", "deadline", "session_id", "stream")
-ALIVE_CACHE_SECONDS = 1.0
+CALL_PARAMS = (
+    "command",
+    "args",
+    "pool",
+    "timeout",
+    "deadline",
+    "session_id",
+    "stream",
+    "affinity",
+    # Set by routing, not by callers:
+    "worker",
+    "fallback",
+    "enqueued_at",
+)
+MAX_SESSION_ID = 256
 
 
 @dataclass(frozen=True)
@@ -25,10 +47,6 @@ class Call:
     queue: Queue
     pool: str
     deadline: float
-
-
-_alive_seen: dict[tuple[str, str], float] = {}
-_alive_lock = threading.Lock()
 
 
 def normalize(args: Any, kwargs: Any) -> dict[str, Any]:
@@ -66,6 +84,14 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
     timeout = call.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SerializationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    session_id = call.get("session_id") or None
+    if session_id is not None and (
+        not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID
+    ):
+        raise SerializationError(
+            f"session_id must be a string of at most {MAX_SESSION_ID} characters, "
+            f"got {session_id!r}"
+        )
     pool = call.get("pool") or settings.default_pool_name
     call["pool"] = pool
     if call.get("deadline") is None:
@@ -75,44 +101,118 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
         )
         seconds = timeout if timeout is not None else default_ms / 1000
         call["deadline"] = time.time() + float(seconds)
-    check_pool(settings, pool)
+    call.setdefault("enqueued_at", time.time())
+    if call.get("enqueued_at") is None:
+        call["enqueued_at"] = time.time()
+
+    r = state.redis_client(settings.redis_url)
+    with r.pipeline(transaction=False) as pipe:
+        pipe.exists(keys.pool_alive(pool))
+        pipe.llen(keys.pool_queue(pool))
+        if session_id:
+            pipe.hmget(keys.session(session_id), "worker", "node")
+        replies = pipe.execute()
+    if not replies[0]:
+        raise missing_pool_error(settings, r, pool)
+    waiting = int(replies[1])
+    queue_name = keys.pool_queue(pool)
+    if session_id:
+        call["affinity"] = affinity_for(settings, pool, call.get("affinity"))
+        bound_worker, bound_node = (state.text(v) if v else None for v in replies[2])
+        if bound_worker and bound_node:
+            queue_name = _session_queue(r, call, session_id, bound_worker, bound_node)
+            if queue_name != keys.pool_queue(pool):
+                waiting = int(r.llen(queue_name))
+    if waiting >= settings.pool_max_queue_size:
+        state.count(r, pool, pool_saturated=1)
+        raise QueueFull(
+            f"{waiting} calls already wait in {queue_name} (pool_max_queue_size is "
+            f"{settings.pool_max_queue_size}); retry later or add workers",
+            {"pool": pool, "queued": waiting},
+        )
     from .app import declare_queue
 
     return Call(
         kwargs=call,
-        queue=declare_queue(keys.pool_queue(pool)),
+        queue=declare_queue(queue_name),
         pool=pool,
         deadline=float(call["deadline"]),
     )
 
 
-def check_pool(settings: Settings, pool: str) -> None:
-    """Raise PoolNotFound for an unknown pool, NoWorkersAvailable when no node serves it."""
-    key = (settings.redis_url, pool)
-    now = time.monotonic()
-    with _alive_lock:
-        if now - _alive_seen.get(key, -1e9) < ALIVE_CACHE_SECONDS:
-            return
-    r = state.redis_client(settings.redis_url)
-    if state.pool_is_alive(r, pool):
-        with _alive_lock:
-            _alive_seen[key] = now
-        return
+def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
+    """The affinity mode of a call: per call, else the pool's, else the global setting."""
+    if requested is not None:
+        if requested not in AFFINITY_MODES:
+            raise ConfigurationError(
+                f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {requested!r}"
+            )
+        return requested
+    for p in settings.pools:
+        if p.name == pool and p.affinity:
+            return p.affinity
+    return settings.affinity
+
+
+def _session_queue(
+    r: Any, call: dict[str, Any], session_id: str, worker: str, node: str
+) -> str:
+    """Route a call of a bound session according to its affinity mode."""
+    mode = call["affinity"]
+    with r.pipeline(transaction=False) as pipe:
+        pipe.exists(keys.node_lease(node))
+        pipe.hget(keys.node_workers(node), worker)
+        pipe.hget(keys.busy(node), worker)
+        pipe.exists(keys.taint(worker))
+        alive, snapshot, busy_count, tainted = pipe.execute()
+    gone = not alive or not snapshot
+    info = json.loads(snapshot) if snapshot else {}
+    busy = int(busy_count or 0) >= int(info.get("capacity", 1))
+    details = {"session_id": session_id, "worker_id": worker, "node": node}
+    if gone or tainted:
+        why = "tainted after a crash" if tainted and not gone else "gone"
+        if mode != "hint":
+            raise SessionWorkerUnavailable(
+                f"session {session_id!r} is bound to worker {worker}, which is {why} "
+                f"(affinity {mode}); start a new session or use affinity='hint'",
+                details,
+            )
+        sessions.unbind(r, session_id)  # the next worker to run it binds it
+        return keys.pool_queue(call["pool"])
+    if busy and mode == "strict_fail_fast":
+        raise WorkerBusy(
+            f"session {session_id!r}: worker {worker} is busy (affinity strict_fail_fast)",
+            details,
+        )
+    if busy and mode == "hint":
+        call["fallback"] = True  # run anywhere, keep the binding
+        return keys.pool_queue(call["pool"])
+    call["worker"] = worker
+    return keys.node_queue(node)
+
+
+def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
+    """PoolNotFound for an unknown pool, NoWorkersAvailable when no node serves it."""
     configured = {p.name for p in settings.pools}
     known = configured | state.known_pools(r)
     if pool not in known:
-        raise PoolNotFound(
+        return PoolNotFound(
             f"unknown pool {pool!r}; known pools: {', '.join(sorted(known)) or 'none'}",
             {"pool": pool, "known": sorted(known)},
         )
-    raise NoWorkersAvailable(
+    return NoWorkersAvailable(
         f"no live node serves pool {pool!r}; start one with "
         f"`snakepit-tasks worker --pool {pool}`",
         {"pool": pool},
     )
 
 
+def check_pool(settings: Settings, pool: str) -> None:
+    """Raise PoolNotFound / NoWorkersAvailable unless a node serves ``pool`` right now."""
+    r = state.redis_client(settings.redis_url)
+    if not state.pool_is_alive(r, pool):
+        raise missing_pool_error(settings, r, pool)
+
+
 def forget_liveness() -> None:
-    """Drop the cached liveness answers (tests, reconfiguration)."""
-    with _alive_lock:
-        _alive_seen.clear()
+    """Kept for callers of earlier versions: liveness is no longer cached."""

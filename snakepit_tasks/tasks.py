@@ -14,8 +14,10 @@ from celery import Task
 from celery.result import AsyncResult
 from kombu.exceptions import EncodeError
 
-from . import routing
+from . import keys, routing
+from .app import declare_queue
 from .errors import ConfigurationError, SerializationError, SnakepitError
+from .node.node import Redirect
 
 EXECUTE = "snakepit.execute"
 
@@ -36,6 +38,10 @@ class ExecuteTask(Task):
         deadline: float | None = None,
         session_id: str | None = None,
         stream: bool = False,
+        affinity: str | None = None,
+        worker: str | None = None,
+        fallback: bool = False,
+        enqueued_at: float | None = None,
     ) -> Any:
         node = getattr(self.app, "snakepit_node", None)
         if node is None:
@@ -49,14 +55,28 @@ class ExecuteTask(Task):
             )
         if deadline is None:
             deadline = time.time() + (timeout or node.settings.default_command_timeout / 1000)
-        call = node.call_stream if stream else node.call
-        return call(
-            command,
-            args or {},
-            deadline=deadline,
-            call_id=self.request.id or "",
-            session_id=session_id or "",
-        )
+        try:
+            return node.run(
+                command,
+                args or {},
+                deadline=deadline,
+                call_id=self.request.id or "",
+                session_id=session_id or "",
+                worker=worker,
+                affinity=affinity,
+                fallback=fallback,
+                enqueued_at=enqueued_at,
+                stream=stream,
+            )
+        except Redirect as moved:
+            # Lost a race to bind the session: send the call to the session's worker, under
+            # the same task id so the caller's AsyncResult still answers.
+            kwargs = dict(self.request.kwargs, worker=moved.worker_id, fallback=False)
+            raise self.replace(
+                self.signature(
+                    (), kwargs, queue=declare_queue(keys.node_queue(moved.node)), immutable=True
+                )
+            ) from None
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any

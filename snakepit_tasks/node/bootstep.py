@@ -43,8 +43,9 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         self.pool = settings.pool(name)
         self.node: Node | None = None
         self.count = int(snakepit_workers or self.pool.pool_size)
-        # One thread per worker slot: a thread only takes a message when a slot can serve it.
-        worker.concurrency = self.count * self.pool.capacity
+        # Two threads per worker slot: one runs, one may wait for a pinned (session) worker
+        # without leaving another idle worker of this node unfed.
+        worker.concurrency = 2 * self.count * self.pool.capacity
         watch_parent()
         queues = app.amqp.queues
         names = [keys.pool_queue(self.pool.name), keys.node_queue(worker.hostname)]

@@ -11,9 +11,18 @@ import threading
 import time
 from typing import Any
 
-from .. import state
+from .. import keys, scripts, state
+from .._proto import bridge_pb2 as pb
 from ..config import PoolConfig, Settings
-from ..errors import SnakepitError
+from ..errors import (
+    AdapterError,
+    QueueTimeout,
+    SessionQuotaExceeded,
+    SessionWorkerUnavailable,
+    SnakepitError,
+    WorkerBusy,
+)
+from ..sessions import CLEANUP_COMMAND
 from ..streaming.writer import ChunkWriter
 from .worker import AdapterWorker
 from .workerset import WorkerSet
@@ -21,6 +30,7 @@ from .workerset import WorkerSet
 log = logging.getLogger("snakepit_tasks.node")
 
 _ALPHABET = string.ascii_lowercase + string.digits
+CALL_STATE_MARGIN_MS = 60_000
 
 
 def new_run_id() -> str:
@@ -28,8 +38,17 @@ def new_run_id() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(7))
 
 
+class Redirect(Exception):  # noqa: N818 - control flow, never reaches a caller
+    """The call's session lives on another node's worker: send the call there."""
+
+    def __init__(self, worker_id: str, node: str) -> None:
+        super().__init__(worker_id, node)
+        self.worker_id = worker_id
+        self.node = node
+
+
 class Node:
-    """Owns the workers of a node and tells Redis about them."""
+    """Owns the workers of a node, runs calls on them, and tells Redis about them."""
 
     def __init__(
         self, settings: Settings, pool: PoolConfig, name: str, count: int | None = None
@@ -57,11 +76,15 @@ class Node:
             settings.node_lease_interval_ms,
             self._describe,
         )
+        self._start_call = scripts.script(self.redis, "start_call")
+        self._give_up_call = scripts.script(self.redis, "give_up_call")
         self._shutdown_timer: threading.Timer | None = None
 
+    # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Start the workers (ready before this returns), then publish the lease."""
         started = time.monotonic()
+        self.redis.delete(keys.busy(self.name))
         self.workers.start()
         log.info(
             "node %s: %d %s worker(s) of %s ready in %.0f ms",
@@ -86,37 +109,49 @@ class Node:
             self._shutdown_timer.cancel()
         self.lease.stop()
         self.workers.stop()
-
-    def call(self, command: str, args: Any, *, deadline: float, call_id: str = "",
-             session_id: str = "") -> Any:
-        """Run one call on this node's workers, counting it in the pool's stats."""
-        error = 0
         try:
-            return self.workers.call(
-                command, args, deadline=deadline, call_id=call_id, session_id=session_id
+            self.redis.delete(keys.busy(self.name))
+        except Exception:
+            log.debug("could not clear busy counts", exc_info=True)
+
+    # -- calls ---------------------------------------------------------------------------
+    def run(
+        self,
+        command: str,
+        args: Any,
+        *,
+        deadline: float,
+        call_id: str,
+        session_id: str = "",
+        worker: str | None = None,
+        affinity: str | None = None,
+        fallback: bool = False,
+        enqueued_at: float | None = None,
+        stream: bool = False,
+    ) -> Any:
+        """Run one call: take a slot (honouring the session and the queue timeout), run the
+        tool (streaming its chunks when asked), count it."""
+        if command == CLEANUP_COMMAND:
+            return self._cleanup_session(session_id, worker, deadline)
+        try:
+            slot = self._take_slot(
+                call_id, session_id, worker, affinity, fallback, enqueued_at, deadline
             )
-        except SnakepitError:
-            error = 1
+        except SnakepitError as exc:
+            if stream:
+                self._writer(call_id, deadline).fail(exc)
+            if not isinstance(exc, QueueTimeout):  # queue timeouts are counted on their own
+                self._count(errors=1)
             raise
-        finally:
-            try:
-                state.count(self.redis, self.pool.name, requests=1, errors=error)
-            except Exception:  # counters must never fail a call
-                log.debug("could not count call", exc_info=True)
-
-    def call_stream(self, command: str, args: Any, *, deadline: float, call_id: str,
-                    session_id: str = "") -> Any:
-        """Run a streaming call: chunks go to the call's Redis stream, then a final entry."""
-        writer = ChunkWriter(
-            self.redis,
-            call_id,
-            max_len=self.settings.stream_max_len,
-            retention=self.settings.stream_retention,
-            ttl=int(max(0.0, deadline - time.time())) + self.settings.stream_retention,
-        )
+        writer = self._writer(call_id, deadline) if stream else None
         error = 0
         try:
-            result = self.workers.call_stream(
+            if writer is None:
+                return self.workers.execute_on(
+                    slot, command, args, deadline=deadline, call_id=call_id, session_id=session_id
+                )
+            result = self.workers.stream_on(
+                slot,
                 command,
                 args,
                 deadline=deadline,
@@ -125,23 +160,162 @@ class Node:
                 call_id=call_id,
                 session_id=session_id,
             )
+            writer.finish(result)
+            return result
         except SnakepitError as exc:
             error = 1
-            writer.fail(exc)
+            if writer:
+                writer.fail(exc)
             raise
         except BaseException as exc:
             error = 1
-            writer.fail(SnakepitError(f"streaming call failed on the node: {exc!r}"))
+            if writer:
+                writer.fail(SnakepitError(f"streaming call failed on the node: {exc!r}"))
             raise
-        else:
-            writer.finish(result)
-            return result
         finally:
-            try:
-                state.count(self.redis, self.pool.name, requests=1, errors=error)
-            except Exception:
-                log.debug("could not count call", exc_info=True)
+            self.workers.release(slot)
+            self._count(errors=error, busy_worker=slot.worker_id)
 
+    def _writer(self, call_id: str, deadline: float) -> ChunkWriter:
+        return ChunkWriter(
+            self.redis,
+            call_id,
+            max_len=self.settings.stream_max_len,
+            retention=self.settings.stream_retention,
+            ttl=int(max(0.0, deadline - time.time())) + self.settings.stream_retention,
+        )
+
+    def _take_slot(
+        self,
+        call_id: str,
+        session_id: str,
+        worker: str | None,
+        affinity: str | None,
+        fallback: bool,
+        enqueued_at: float | None,
+        deadline: float,
+    ) -> AdapterWorker:
+        queue_deadline = deadline
+        if enqueued_at is not None:
+            queue_deadline = min(deadline, enqueued_at + self.settings.pool_queue_timeout / 1000)
+        if time.time() > queue_deadline:
+            self._give_up(call_id)  # picked up too late: it never runs
+            raise QueueTimeout(
+                "the call waited longer than pool_queue_timeout and was not run",
+                {"pool": self.pool.name},
+            )
+        ids = {w.worker_id for w in self.workers.workers}
+        wanted = worker
+        while True:
+            if wanted is not None and wanted not in ids:
+                raise SessionWorkerUnavailable(
+                    f"worker {wanted} is not on node {self.name} any more",
+                    {"worker_id": wanted, "session_id": session_id},
+                )
+            fail_fast = wanted is not None and affinity == "strict_fail_fast"
+            try:
+                slot = self.workers.acquire(time.time() if fail_fast else queue_deadline, wanted)
+            except QueueTimeout:
+                if fail_fast:
+                    raise WorkerBusy(
+                        f"worker {wanted} is busy (affinity strict_fail_fast)",
+                        {"worker_id": wanted, "session_id": session_id},
+                    ) from None
+                self._give_up(call_id)
+                raise
+            status, bound, bound_node, new = self._claim(
+                call_id, slot, session_id, bind=not fallback, deadline=deadline
+            )
+            if status == "ok":
+                if new and session_id:
+                    self._initialize_session(slot, session_id)
+                return slot
+            self.workers.release(slot)
+            if status == "timed_out":
+                raise QueueTimeout(
+                    "the call waited longer than pool_queue_timeout and was not run",
+                    {"pool": self.pool.name},
+                )
+            if status == "quota":
+                raise SessionQuotaExceeded(
+                    f"session {session_id!r} cannot start: session_max_sessions "
+                    f"({self.settings.session_max_sessions}) sessions exist; end some with "
+                    "snakepit_tasks.sessions.delete() or raise the limit",
+                    {"session_id": session_id},
+                )
+            # moved: the session is bound to another worker
+            if bound_node == self.name and bound in ids:
+                wanted = bound
+                continue
+            raise Redirect(bound, bound_node)
+
+    def _claim(
+        self, call_id: str, slot: AdapterWorker, session_id: str, *, bind: bool, deadline: float
+    ) -> tuple[str, str, str, bool]:
+        ttl_ms = int(max(0.0, deadline - time.time()) * 1000) + CALL_STATE_MARGIN_MS
+        reply = self._start_call(
+            keys=[
+                keys.call_state(call_id),
+                keys.session(session_id),
+                keys.sessions(),
+                keys.busy(self.name),
+            ],
+            args=[
+                slot.worker_id,
+                self.name,
+                self.pool.name,
+                repr(time.time()),
+                self.settings.session_default_ttl,
+                self.settings.session_max_sessions,
+                session_id,
+                "1" if bind else "0",
+                ttl_ms,
+            ],
+        )
+        status, bound, bound_node, new = (state.text(x) for x in reply)
+        return status, bound, bound_node, new == "1"
+
+    def _give_up(self, call_id: str) -> None:
+        ttl_ms = CALL_STATE_MARGIN_MS
+        self._give_up_call(
+            keys=[keys.call_state(call_id), keys.pool_stats(self.pool.name)], args=[ttl_ms]
+        )
+
+    def _count(self, *, errors: int, busy_worker: str | None = None) -> None:
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.pool_stats(self.pool.name), "requests", 1)
+                if errors:
+                    pipe.hincrby(keys.pool_stats(self.pool.name), "errors", errors)
+                if busy_worker:
+                    pipe.hincrby(keys.busy(self.name), busy_worker, -1)
+                pipe.execute()
+        except Exception:  # counters must never fail a call
+            log.debug("could not count call", exc_info=True)
+
+    def _session_rpc(self, slot: AdapterWorker, hook: str, session_id: str) -> None:
+        assert slot.stub is not None
+        rpc = getattr(slot.stub, hook)
+        reply = rpc(pb.SessionRequest(session_id=session_id), timeout=30)
+        if not reply.ok:
+            raise AdapterError(
+                f"{hook} of session {session_id!r} failed: {reply.error.type}: "
+                f"{reply.error.message}",
+                {"type": reply.error.type, "traceback": reply.error.traceback},
+            )
+
+    def _initialize_session(self, slot: AdapterWorker, session_id: str) -> None:
+        self._session_rpc(slot, "InitializeSession", session_id)
+
+    def _cleanup_session(self, session_id: str, worker: str | None, deadline: float) -> Any:
+        slot = self.workers.acquire(deadline, worker)
+        try:
+            self._session_rpc(slot, "CleanupSession", session_id)
+        finally:
+            self.workers.release(slot)
+        return {"session_id": session_id, "cleaned": True, "worker_id": slot.worker_id}
+
+    # -- publishing ----------------------------------------------------------------------
     def _describe(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         fields = {
             "pool": self.pool.name,

@@ -219,28 +219,27 @@ class WorkerSet:
             self._cond.notify()
 
     # -- the hand-off --------------------------------------------------------------------
-    def call(
+    @staticmethod
+    def _request(command: str, args: Any, call_id: str, session_id: str) -> pb.ExecuteRequest:
+        return pb.ExecuteRequest(
+            call_id=call_id,
+            tool=command,
+            args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
+            session_id=session_id,
+        )
+
+    def execute_on(
         self,
+        worker: AdapterWorker,
         command: str,
         args: Any,
         *,
         deadline: float,
         call_id: str = "",
         session_id: str = "",
-        worker_id: str | None = None,
     ) -> Any:
-        """Run ``command`` on a free worker and return its decoded result."""
-        request = pb.ExecuteRequest(
-            call_id=call_id,
-            tool=command,
-            args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
-            session_id=session_id,
-        )
-        worker = self.acquire(deadline, worker_id)
-        try:
-            return self._execute(worker, request, deadline)
-        finally:
-            self.release(worker)
+        """Run ``command`` on ``worker`` (a slot taken with :meth:`acquire`); its result."""
+        return self._execute(worker, self._request(command, args, call_id, session_id), deadline)
 
     def _execute(self, worker: AdapterWorker, request: pb.ExecuteRequest, deadline: float) -> Any:
         remaining = deadline - time.time()
@@ -285,8 +284,9 @@ class WorkerSet:
             details,
         )
 
-    def call_stream(
+    def stream_on(
         self,
+        worker: AdapterWorker,
         command: str,
         args: Any,
         *,
@@ -295,23 +295,11 @@ class WorkerSet:
         cancelled: threading.Event,
         call_id: str = "",
         session_id: str = "",
-        worker_id: str | None = None,
     ) -> Any:
-        """Run a streaming tool; hand each chunk to ``on_chunk``; return the final result.
-
-        Stops the tool (and frees the worker) as soon as ``cancelled`` is set.
-        """
-        request = pb.ExecuteRequest(
-            call_id=call_id,
-            tool=command,
-            args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
-            session_id=session_id,
-        )
-        worker = self.acquire(deadline, worker_id)
-        try:
-            return self._stream(worker, request, deadline, on_chunk, cancelled)
-        finally:
-            self.release(worker)
+        """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
+        final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
+        request = self._request(command, args, call_id, session_id)
+        return self._stream(worker, request, deadline, on_chunk, cancelled)
 
     def _stream(
         self,

@@ -12,7 +12,8 @@ from celery.result import AsyncResult
 
 from .. import keys, state
 from ..app import default_app
-from ..errors import ExecutionTimeout
+from ..caller import give_up
+from ..errors import ExecutionTimeout, QueueTimeout
 from ..tasks import EXECUTE
 from . import entries
 from .reader import reader_for
@@ -46,6 +47,7 @@ class Stream:
         after: int = 0,
         owner: bool = True,
         async_result: AsyncResult | None = None,
+        pool: str | None = None,
     ) -> None:
         self.call_id = call_id
         self.app = app
@@ -54,6 +56,8 @@ class Stream:
         self.async_result = async_result
         self.result: Any = None
         self.done = False
+        self.pool = pool
+        self._started = False
         settings = app.snakepit_settings
         self._redis = state.redis_client(settings.redis_url)
         self._reader = reader_for(settings.redis_url)
@@ -71,11 +75,33 @@ class Stream:
     def __next__(self) -> dict[str, Any]:
         if self.done:
             raise StopIteration
-        entry_id, fields = self._next_entry(self.deadline)
+        entry_id, fields = self._first_entry() if not self._started else self._next_entry(
+            self.deadline
+        )
+        self._started = True
         if entries.FINAL in fields:
             self._finish(fields)
             raise StopIteration
         return entries.to_chunk(entry_id, fields, self.call_id)
+
+    def _first_entry(self) -> tuple[bytes, dict[bytes, bytes]]:
+        # A call that no worker takes within pool_queue_timeout fails and never runs.
+        settings = self.app.snakepit_settings
+        queue_deadline = time.time() + settings.pool_queue_timeout / 1000
+        if self.owner and queue_deadline < self.deadline:
+            try:
+                return self._queue.get(timeout=settings.pool_queue_timeout / 1000)
+            except queue.Empty:
+                pool = self.pool or settings.default_pool_name
+                if give_up(self.app, self.call_id, pool):
+                    self.done = True
+                    self._reader.unsubscribe(self._key)
+                    raise QueueTimeout(
+                        f"no worker took streaming call {self.call_id} within "
+                        f"pool_queue_timeout ({settings.pool_queue_timeout} ms); it will not run",
+                        {"task_id": self.call_id},
+                    ) from None
+        return self._next_entry(self.deadline)
 
     def _next_entry(self, deadline: float) -> tuple[bytes, dict[bytes, bytes]]:
         remaining = deadline - time.time()
@@ -150,7 +176,7 @@ def stream(
     kwargs = {"pool": pool, "timeout": timeout, "deadline": deadline, "stream": True,
               "session_id": session_id}
     result = the_app.tasks[EXECUTE].apply_async((command, args), kwargs)
-    return Stream(result.id, the_app, deadline, async_result=result)
+    return Stream(result.id, the_app, deadline, async_result=result, pool=pool)
 
 
 def execute_stream(
@@ -179,6 +205,35 @@ def execute_stream(
             call.close()
             break
     return call.result
+
+
+def execute_in_session_stream(
+    session_id: str,
+    command: str,
+    args: dict[str, Any] | None,
+    callback: Callable[[dict[str, Any]], Any],
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    app: Celery | None = None,
+) -> Any:
+    """:func:`execute_stream` on the worker that holds session ``session_id``."""
+    return execute_stream(
+        command, args, callback, pool=pool, timeout=timeout, session_id=session_id, app=app
+    )
+
+
+def stream_in_session(
+    session_id: str,
+    command: str,
+    args: dict[str, Any] | None = None,
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    app: Celery | None = None,
+) -> Stream:
+    """:func:`stream` on the worker that holds session ``session_id``."""
+    return stream(command, args, pool=pool, timeout=timeout, session_id=session_id, app=app)
 
 
 def stream_result(

@@ -1,0 +1,1 @@
+"""Redis-side pieces (Lua scripts), installed as ``snakepit_tasks.broker``."""

@@ -1,0 +1,52 @@
+-- start_call.lua: a node is about to run a call on one of its workers. Atomically:
+--   1. session affinity: bind an unbound session to this worker (first writer wins,
+--      quota enforced), or refresh a bound one; report where the session lives;
+--   2. claim the call ("started"), unless a caller already gave up on it ("timed_out"),
+--      so a call that timed out in the queue never runs later;
+--   3. count the worker busy.
+--
+-- KEYS[1] call state        snakepit:call:<call_id>
+-- KEYS[2] session           snakepit:session:<sid>      (ignored when ARGV[7] == '')
+-- KEYS[3] session index     snakepit:sessions            (zset sid -> last use)
+-- KEYS[4] busy              snakepit:node:<node>:busy    (hash worker -> calls in flight)
+-- ARGV[1] worker id         ARGV[2] node name           ARGV[3] pool
+-- ARGV[4] now (s, float)    ARGV[5] session ttl (s)     ARGV[6] max sessions
+-- ARGV[7] session id        ARGV[8] bind ('1': bind if unbound; '0': hint fallback)
+-- ARGV[9] call state ttl (ms)
+-- Returns {status, bound worker, bound node, new session ('1'/'0')}
+--   status: 'ok' | 'moved' (session lives on another worker) | 'timed_out' | 'quota'
+local worker, node, pool = ARGV[1], ARGV[2], ARGV[3]
+local now, ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local sid, bind = ARGV[7], ARGV[8]
+local bound, bound_node, new = '', '', '0'
+
+if sid ~= '' then
+  local current = redis.call('HMGET', KEYS[2], 'worker', 'node')
+  if current[1] then
+    bound, bound_node = current[1], current[2]
+    redis.call('HSET', KEYS[2], 'last_used', now)
+    redis.call('EXPIRE', KEYS[2], ttl)
+    redis.call('ZADD', KEYS[3], now, sid)
+  elseif bind == '1' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+    if redis.call('ZCARD', KEYS[3]) >= max then
+      return {'quota', '', '', '0'}
+    end
+    redis.call('HSET', KEYS[2], 'worker', worker, 'node', node, 'pool', pool,
+               'created', now, 'last_used', now)
+    redis.call('EXPIRE', KEYS[2], ttl)
+    redis.call('ZADD', KEYS[3], now, sid)
+    bound, bound_node, new = worker, node, '1'
+  end
+  if bind == '1' and bound ~= worker then
+    return {'moved', bound, bound_node, '0'}
+  end
+end
+
+if not redis.call('SET', KEYS[1], 'started', 'NX', 'PX', ARGV[9]) then
+  if redis.call('GET', KEYS[1]) == 'timed_out' then
+    return {'timed_out', bound, bound_node, new}
+  end
+end
+redis.call('HINCRBY', KEYS[4], worker, 1)
+return {'ok', bound, bound_node, new}
