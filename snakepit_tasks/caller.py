@@ -9,7 +9,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from . import keys, scripts, state
+from . import keys, replies, scripts, state
 from .app import default_app
 from .errors import ExecutionTimeout, QueueTimeout
 from .tasks import EXECUTE
@@ -97,19 +97,29 @@ def _run_and_wait(
     timeout = options.get("timeout")
     seconds = timeout if timeout else settings.default_command_timeout / 1000
     deadline = time.time() + seconds
-    result = app.tasks[EXECUTE].apply_async((command, args), {**options, "deadline": deadline})
-    queue_wait = settings.pool_queue_timeout / 1000
-    if queue_wait < seconds:
-        try:
-            return result.get(timeout=queue_wait, propagate=True, disable_sync_subtasks=False)
-        except CeleryTimeoutError:
-            if give_up(app, result.id, options.get("pool") or settings.default_pool_name):
-                raise QueueTimeout(
-                    f"no worker took call {command!r} within pool_queue_timeout "
-                    f"({settings.pool_queue_timeout} ms); it will not run",
-                    {"task_id": result.id},
-                ) from None
-    return wait(result, max(0.0, deadline - time.time()) + RESULT_GRACE_SECONDS)
+    result = app.tasks[EXECUTE].apply_async(
+        (command, args), {**options, "deadline": deadline, "reply": True}
+    )
+    r = state.redis_client(settings.redis_url)
+    queue_deadline = time.time() + settings.pool_queue_timeout / 1000
+    if queue_deadline < deadline:
+        body = replies.pop(r, result.id, queue_deadline)
+        if body is not None:
+            return replies.outcome(body)
+        if give_up(app, result.id, options.get("pool") or settings.default_pool_name):
+            raise QueueTimeout(
+                f"no worker took call {command!r} within pool_queue_timeout "
+                f"({settings.pool_queue_timeout} ms); it will not run",
+                {"task_id": result.id},
+            )
+    body = replies.pop(r, result.id, deadline + RESULT_GRACE_SECONDS)
+    if body is None:
+        result.revoke()
+        raise ExecutionTimeout(
+            f"no result for call {command!r} ({result.id}) within {seconds}s",
+            {"task_id": result.id},
+        )
+    return replies.outcome(body)
 
 
 def give_up(app: Celery, call_id: str, pool: str) -> bool:

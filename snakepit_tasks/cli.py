@@ -179,15 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("name")
     ga.add_argument("--dir", default=".")
     ga.set_defaults(fn=cmd_gen)
-    fl = sub.add_parser("flower", help="run Flower (needs the [flower] extra)")
-    fl.add_argument("flower_args", nargs=argparse.REMAINDER)
-    fl.set_defaults(fn=cmd_flower)
+    fl = sub.add_parser("flower", help="run Flower (needs the [flower] extra); options follow")
+    fl.set_defaults(fn=cmd_flower, flower_args=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``snakepit-tasks`` console script."""
-    ns = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    flower_args: list[str] = []
+    if "flower" in args:  # everything after it belongs to Flower
+        at = args.index("flower")
+        args, flower_args = args[: at + 1], args[at + 1 :]
+        if flower_args[:1] == ["--"]:
+            flower_args = flower_args[1:]
+    ns = build_parser().parse_args(args)
+    if ns.command == "flower":
+        ns.flower_args = flower_args
     try:
         return int(ns.fn(ns))
     except SnakepitError as exc:

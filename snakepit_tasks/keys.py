@@ -89,3 +89,8 @@ def sessions() -> str:
 def taint(worker_id: str) -> str:
     """Present while ``worker_id`` is tainted (recently crashed): routing avoids it."""
     return f"{PREFIX}:taint:{worker_id}"
+
+
+def reply(call_id: str) -> str:
+    """List the node pushes a synchronous call's outcome to (the caller BLPOPs it)."""
+    return f"{PREFIX}:reply:{call_id}"

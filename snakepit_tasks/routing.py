@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ CALL_PARAMS = (
     "session_id",
     "stream",
     "affinity",
+    "reply",
     # Set by routing, not by callers:
     "worker",
     "fallback",
@@ -82,7 +84,12 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
         )
     serialization.check_args(call.get("args"))
     timeout = call.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
         raise SerializationError(f"timeout must be a positive number of seconds, got {timeout!r}")
     session_id = call.get("session_id") or None
     if session_id is not None and (
@@ -108,21 +115,18 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
     r = state.redis_client(settings.redis_url)
     with r.pipeline(transaction=False) as pipe:
         pipe.exists(keys.pool_alive(pool))
-        pipe.llen(keys.pool_queue(pool))
         if session_id:
             pipe.hmget(keys.session(session_id), "worker", "node")
         replies = pipe.execute()
     if not replies[0]:
         raise missing_pool_error(settings, r, pool)
-    waiting = int(replies[1])
     queue_name = keys.pool_queue(pool)
     if session_id:
         call["affinity"] = affinity_for(settings, pool, call.get("affinity"))
-        bound_worker, bound_node = (state.text(v) if v else None for v in replies[2])
+        bound_worker, bound_node = (state.text(v) if v else None for v in replies[1])
         if bound_worker and bound_node:
             queue_name = _session_queue(r, call, session_id, bound_worker, bound_node)
-            if queue_name != keys.pool_queue(pool):
-                waiting = int(r.llen(queue_name))
+    waiting = state.queue_length(r, queue_name)
     if waiting >= settings.pool_max_queue_size:
         state.count(r, pool, pool_saturated=1)
         raise QueueFull(

@@ -57,7 +57,7 @@ def encode_result(value: Any) -> bytes:
     """Encode a tool's result; values JSON cannot hold become readable markers, never errors."""
     try:
         return json.dumps(value, separators=(",", ":"), default=_to_jsonable).encode()
-    except ValueError as exc:  # circular reference, nan with allow_nan off, ...
+    except (TypeError, ValueError) as exc:  # circular reference, non-string dict keys, ...
         raise SerializationError(f"result could not be encoded: {exc}") from None
 
 

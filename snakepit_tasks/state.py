@@ -130,6 +130,11 @@ class NodeLease:
             pipe.sadd(keys.pool_nodes(self.pool), self.node)
             pipe.execute()
 
+    @property
+    def running(self) -> bool:
+        """Whether the lease is being kept (between :meth:`start` and :meth:`stop`)."""
+        return self._thread is not None and not self._stop.is_set()
+
     def start(self) -> None:
         """Publish now, then every interval until :meth:`stop`."""
         self.publish()

@@ -42,6 +42,7 @@ class ExecuteTask(Task):
         worker: str | None = None,
         fallback: bool = False,
         enqueued_at: float | None = None,
+        reply: bool = False,
     ) -> Any:
         node = getattr(self.app, "snakepit_node", None)
         if node is None:
@@ -50,9 +51,12 @@ class ExecuteTask(Task):
                 "`snakepit-tasks worker` (task_always_eager is not supported)"
             )
         if pool and pool != node.pool.name:
-            raise ConfigurationError(
+            misrouted = ConfigurationError(
                 f"a call for pool {pool!r} reached node {node.name} of pool {node.pool.name!r}"
             )
+            if reply:
+                node.reply_failure(self.request.id or "", misrouted)
+            raise misrouted
         if deadline is None:
             deadline = time.time() + (timeout or node.settings.default_command_timeout / 1000)
         try:
@@ -67,6 +71,7 @@ class ExecuteTask(Task):
                 fallback=fallback,
                 enqueued_at=enqueued_at,
                 stream=stream,
+                reply=reply,
             )
         except Redirect as moved:
             # Lost a race to bind the session: send the call to the session's worker, under

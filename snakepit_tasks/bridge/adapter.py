@@ -89,7 +89,12 @@ def _parameters(method: Callable[..., Any]) -> tuple[tuple[str, str, bool], ...]
     for p in list(inspect.signature(method).parameters.values())[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        annotation = "" if p.annotation is p.empty else str(p.annotation)
+        if p.annotation is p.empty:
+            annotation = ""
+        elif isinstance(p.annotation, str):  # postponed (``from __future__ import annotations``)
+            annotation = p.annotation
+        else:
+            annotation = inspect.formatannotation(p.annotation)
         params.append((p.name, annotation, p.default is p.empty))
     return tuple(params)
 

@@ -178,6 +178,9 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         except _ToolFailure as failure:
             self._leave()
             return pb.ExecuteResponse(ok=False, error=failure.info)
+        except Exception as exc:  # the adapter's constructor raised
+            self._leave()
+            return pb.ExecuteResponse(ok=False, error=_error("adapter", exc))
         try:
             instance.initialize()
             try:
@@ -210,6 +213,9 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                 instance, method, args = self._prepare(request)
             except _ToolFailure as failure:
                 yield pb.StreamChunk(seq=1, is_final=True, error=failure.info)
+                return
+            except Exception as exc:  # the adapter's constructor raised
+                yield pb.StreamChunk(seq=1, is_final=True, error=_error("adapter", exc))
                 return
             seq = 0
             try:

@@ -62,9 +62,16 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
                 self.node.stop()
                 self.node = None
 
+        def ready(**kw: Any) -> None:
+            # Advertise the node only once Celery consumes its queues: callers that saw
+            # await_ready() never wait on a node that is still starting.
+            if self.node is not None:
+                self.node.publish()
+
+        signals.worker_ready.connect(ready, weak=False)
         signals.worker_shutting_down.connect(shutting_down, weak=False)
         signals.worker_shutdown.connect(shutdown, weak=False)
-        self._handlers = (shutting_down, shutdown)
+        self._handlers = (ready, shutting_down, shutdown)
 
     def start(self, worker: Any) -> None:
         settings = worker.app.snakepit_settings

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from .. import keys, scripts, state
+from .. import keys, replies, scripts, state
 from .._proto import bridge_pb2 as pb
 from ..config import PoolConfig, Settings
 from ..errors import (
@@ -82,7 +82,7 @@ class Node:
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Start the workers (ready before this returns), then publish the lease."""
+        """Start the workers (ready before this returns); :meth:`publish` advertises them."""
         started = time.monotonic()
         self.redis.delete(keys.busy(self.name))
         self.workers.start()
@@ -94,6 +94,9 @@ class Node:
             self.pool.adapter,
             (time.monotonic() - started) * 1000,
         )
+
+    def publish(self) -> None:
+        """Advertise this node in Redis and keep the lease fresh until :meth:`stop`."""
         self.lease.start()
 
     def begin_shutdown(self) -> None:
@@ -128,9 +131,11 @@ class Node:
         fallback: bool = False,
         enqueued_at: float | None = None,
         stream: bool = False,
+        reply: bool = False,
     ) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
-        tool (streaming its chunks when asked), count it."""
+        tool (streaming its chunks when asked), count it, and push the outcome to the caller
+        when it waits for a direct ``reply``."""
         if command == CLEANUP_COMMAND:
             return self._cleanup_session(session_id, worker, deadline)
         try:
@@ -140,17 +145,20 @@ class Node:
         except SnakepitError as exc:
             if stream:
                 self._writer(call_id, deadline).fail(exc)
-            if not isinstance(exc, QueueTimeout):  # queue timeouts are counted on their own
-                self._count(errors=1)
+            # queue timeouts are counted where they are decided (give_up_call.lua)
+            counted = 0 if isinstance(exc, QueueTimeout) else 1
+            self._finish(call_id if reply else None, exc, errors=counted, requests=counted)
             raise
         writer = self._writer(call_id, deadline) if stream else None
-        error = 0
+        outcome: Any = None
+        failure: BaseException | None = None
         try:
             if writer is None:
-                return self.workers.execute_on(
+                outcome = self.workers.execute_on(
                     slot, command, args, deadline=deadline, call_id=call_id, session_id=session_id
                 )
-            result = self.workers.stream_on(
+                return outcome
+            outcome = self.workers.stream_on(
                 slot,
                 command,
                 args,
@@ -160,21 +168,27 @@ class Node:
                 call_id=call_id,
                 session_id=session_id,
             )
-            writer.finish(result)
-            return result
+            writer.finish(outcome)
+            return outcome
         except SnakepitError as exc:
-            error = 1
+            failure = exc
             if writer:
                 writer.fail(exc)
             raise
         except BaseException as exc:
-            error = 1
+            failure = SnakepitError(f"the call failed on the node: {exc!r}")
             if writer:
-                writer.fail(SnakepitError(f"streaming call failed on the node: {exc!r}"))
+                writer.fail(failure)
             raise
         finally:
             self.workers.release(slot)
-            self._count(errors=error, busy_worker=slot.worker_id)
+            self._finish(
+                call_id if reply else None,
+                failure,
+                result=outcome,
+                errors=1 if failure else 0,
+                busy_worker=slot.worker_id,
+            )
 
     def _writer(self, call_id: str, deadline: float) -> ChunkWriter:
         return ChunkWriter(
@@ -281,17 +295,34 @@ class Node:
             keys=[keys.call_state(call_id), keys.pool_stats(self.pool.name)], args=[ttl_ms]
         )
 
-    def _count(self, *, errors: int, busy_worker: str | None = None) -> None:
+    def _finish(
+        self,
+        reply_to: str | None,
+        failure: BaseException | None,
+        *,
+        result: Any = None,
+        errors: int = 0,
+        requests: int = 1,
+        busy_worker: str | None = None,
+    ) -> None:
+        """One round trip after a call: counters, busy count, and the caller's reply."""
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(keys.pool_stats(self.pool.name), "requests", 1)
+                if requests:
+                    pipe.hincrby(keys.pool_stats(self.pool.name), "requests", requests)
                 if errors:
                     pipe.hincrby(keys.pool_stats(self.pool.name), "errors", errors)
                 if busy_worker:
                     pipe.hincrby(keys.busy(self.name), busy_worker, -1)
+                if reply_to:
+                    replies.push(pipe, reply_to, replies.encode_outcome(result, failure))
                 pipe.execute()
-        except Exception:  # counters must never fail a call
-            log.debug("could not count call", exc_info=True)
+        except Exception:  # bookkeeping must never fail a call; the backend still has it
+            log.warning("could not record the end of call %s", reply_to, exc_info=True)
+
+    def reply_failure(self, call_id: str, failure: BaseException) -> None:
+        """Push a failure that happened before :meth:`run` to a waiting caller."""
+        self._finish(call_id, failure, errors=1)
 
     def _session_rpc(self, slot: AdapterWorker, hook: str, session_id: str) -> None:
         assert slot.stub is not None
@@ -331,6 +362,8 @@ class Node:
         return fields, self.workers.snapshot()
 
     def _worker_exited(self, worker: AdapterWorker, how: str) -> None:
+        if not self.lease.running:
+            return
         try:
             self.lease.publish()
         except Exception:

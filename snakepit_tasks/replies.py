@@ -1,0 +1,61 @@
+"""Direct replies for synchronous calls: the node pushes the outcome, the caller pops it.
+
+Faster than Celery's result backend (no SUBSCRIBE/UNSUBSCRIBE per call) and safe for many
+caller threads at once. ``AsyncResult`` users still get the backend's result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from . import keys, serialization
+from .errors import ERROR_CLASSES, SnakepitError
+
+REPLY_TTL_SECONDS = 300
+MAX_BLOCK_SECONDS = 10.0
+
+
+def encode_outcome(result: Any = None, error: BaseException | None = None) -> bytes:
+    """A reply body: the result, or the error as class name, message and details."""
+    if error is None:
+        return b'{"ok":true,"result":' + serialization.encode_result(result) + b"}"
+    if isinstance(error, SnakepitError):
+        body = {"class": type(error).__name__, "message": error.message, "details": error.details}
+    else:
+        body = {"class": "SnakepitError", "message": f"{type(error).__name__}: {error}",
+                "details": {"type": type(error).__name__}}
+    return json.dumps({"ok": False, "error": body}, default=str).encode()
+
+
+def push(pipe: Any, call_id: str, body: bytes) -> None:
+    """Queue the reply on a pipeline (executed by the caller of this function)."""
+    key = keys.reply(call_id)
+    pipe.rpush(key, body)
+    pipe.expire(key, REPLY_TTL_SECONDS)
+
+
+def outcome(body: bytes) -> Any:
+    """The result in a reply body, or raise its error as the original class."""
+    data = json.loads(body)
+    if data.get("ok"):
+        return data.get("result")
+    err = data.get("error") or {}
+    cls = ERROR_CLASSES.get(err.get("class", ""), SnakepitError)
+    raise cls(err.get("message", "call failed"), err.get("details") or {})
+
+
+def pop(r: redis.Redis, call_id: str, deadline: float) -> bytes | None:
+    """Block until the call's reply arrives or ``deadline`` (epoch seconds) passes."""
+    key = keys.reply(call_id)
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            return None
+        got: Any = r.blpop([key], timeout=min(MAX_BLOCK_SECONDS, max(0.01, remaining)))
+        if got:
+            r.delete(key)
+            return bytes(got[1])
