@@ -7,8 +7,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from snakepit_tasks.bridge import (
     BaseAdapter,
     SessionContext,
