@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import logging
 import os
@@ -81,7 +82,11 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
 
     report(sys.version_info >= (3, 11), "python >= 3.11", sys.version.split()[0])
     for module in ("celery", "kombu", "redis", "grpc", "google.protobuf"):
-        report(importlib.util.find_spec(module) is not None, f"import {module}")
+        try:
+            importlib.import_module(module)
+            report(True, f"import {module}")
+        except ImportError as exc:
+            report(False, f"import {module}", str(exc))
     try:
         settings = _settings(ns)
         report(True, "configuration", f"{len(settings.pools)} pool(s)")

@@ -46,6 +46,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         # Two threads per worker slot: one runs, one may wait for a pinned (session) worker
         # without leaving another idle worker of this node unfed.
         worker.concurrency = 2 * self.count * self.pool.capacity
+        worker.min_concurrency = worker.concurrency  # the Pool step copied the old value
         watch_parent()
         queues = app.amqp.queues
         names = [keys.pool_queue(self.pool.name), keys.node_queue(worker.hostname)]

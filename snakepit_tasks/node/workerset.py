@@ -273,9 +273,10 @@ class WorkerSet:
         details: dict[str, Any] = {"worker_id": worker.worker_id, "tool": tool, "pid": worker.pid}
         if status is not None:
             details.update(exit_code=status.returncode, signal=status.signal)
+            after = "the node is stopping" if self._stopping else "it is being restarted"
             return WorkerCrashed(
                 f"worker {worker.worker_id} (pid {worker.pid}) {status.describe()} while "
-                f"running {tool!r}; it is being restarted",
+                f"running {tool!r}; {after}",
                 details,
             )
         return WorkerCrashed(
