@@ -13,8 +13,10 @@
 -- ARGV[4] now (s, float)    ARGV[5] session ttl (s)     ARGV[6] max sessions
 -- ARGV[7] session id        ARGV[8] bind ('1': bind if unbound; '0': hint fallback)
 -- ARGV[9] call state ttl (ms)
+-- ARGV[10] '1' when the tool is idempotent (a call that already started may run again)
 -- Returns {status, bound worker, bound node, new session ('1'/'0')}
 --   status: 'ok' | 'moved' (session lives on another worker) | 'timed_out' | 'quota'
+--           | 'duplicate' (started before and not idempotent: must not run twice)
 local worker, node, pool = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local sid, bind = ARGV[7], ARGV[8]
@@ -46,6 +48,11 @@ end
 if not redis.call('SET', KEYS[1], 'started', 'NX', 'PX', ARGV[9]) then
   if redis.call('GET', KEYS[1]) == 'timed_out' then
     return {'timed_out', bound, bound_node, new}
+  end
+  -- Started before (a redelivered message whose node died): run again only if the caller
+  -- of this script decides the tool is idempotent.
+  if ARGV[10] ~= '1' then
+    return {'duplicate', bound, bound_node, new}
   end
 end
 redis.call('HINCRBY', KEYS[4], worker, 1)

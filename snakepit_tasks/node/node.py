@@ -21,6 +21,7 @@ from ..errors import (
     SessionWorkerUnavailable,
     SnakepitError,
     WorkerBusy,
+    WorkerCrashed,
 )
 from ..sessions import CLEANUP_COMMAND
 from ..streaming.writer import ChunkWriter
@@ -140,7 +141,7 @@ class Node:
             return self._cleanup_session(session_id, worker, deadline)
         try:
             slot = self._take_slot(
-                call_id, session_id, worker, affinity, fallback, enqueued_at, deadline
+                call_id, session_id, worker, affinity, fallback, enqueued_at, deadline, command
             )
         except SnakepitError as exc:
             if stream:
@@ -154,7 +155,7 @@ class Node:
         failure: BaseException | None = None
         try:
             if writer is None:
-                outcome = self.workers.execute_on(
+                slot, outcome = self._execute_guarded(
                     slot, command, args, deadline=deadline, call_id=call_id, session_id=session_id
                 )
                 return outcome
@@ -190,6 +191,45 @@ class Node:
                 busy_worker=slot.worker_id,
             )
 
+    def _execute_guarded(
+        self, slot: AdapterWorker, command: str, args: Any, **call: Any
+    ) -> tuple[AdapterWorker, Any]:
+        """Run on ``slot``; if its process crashes and the tool is idempotent, run it again on
+        another worker (at most ``crash_barrier_max_restarts`` times)."""
+        reruns = 0
+        while True:
+            try:
+                return slot, self.workers.execute_on(slot, command, args, **call)
+            except WorkerCrashed:
+                limit = self.settings.crash_barrier_max_restarts
+                if not self._idempotent(command) or reruns >= limit:
+                    raise
+                reruns += 1
+                crashed = slot.worker_id
+                others = len(self.workers.workers) > 1
+                new = self.workers.acquire(call["deadline"], exclude=crashed if others else None)
+                self.workers.release(slot)
+                self._move_busy(crashed, new.worker_id)
+                log.warning("re-running idempotent %r of crashed %s on %s", command, crashed,
+                            new.worker_id)
+                slot = new
+
+    def _idempotent(self, command: str) -> bool:
+        for w in self.workers.workers:
+            spec = w.tools.get(command)
+            if spec is not None:
+                return bool(spec.idempotent)
+        return False
+
+    def _move_busy(self, old: str, new: str) -> None:
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrby(keys.busy(self.name), old, -1)
+                pipe.hincrby(keys.busy(self.name), new, 1)
+                pipe.execute()
+        except Exception:
+            log.debug("could not move busy count", exc_info=True)
+
     def _writer(self, call_id: str, deadline: float) -> ChunkWriter:
         return ChunkWriter(
             self.redis,
@@ -208,6 +248,7 @@ class Node:
         fallback: bool,
         enqueued_at: float | None,
         deadline: float,
+        command: str = "",
     ) -> AdapterWorker:
         queue_deadline = deadline
         if enqueued_at is not None:
@@ -238,7 +279,12 @@ class Node:
                 self._give_up(call_id)
                 raise
             status, bound, bound_node, new = self._claim(
-                call_id, slot, session_id, bind=not fallback, deadline=deadline
+                call_id,
+                slot,
+                session_id,
+                bind=not fallback,
+                deadline=deadline,
+                rerun_ok=self._idempotent(command),
             )
             if status == "ok":
                 if new and session_id:
@@ -249,6 +295,13 @@ class Node:
                 raise QueueTimeout(
                     "the call waited longer than pool_queue_timeout and was not run",
                     {"pool": self.pool.name},
+                )
+            if status == "duplicate":
+                raise WorkerCrashed(
+                    "this call was started before by a node that died; it is not run again "
+                    "because the tool is not idempotent (declare @tool(idempotent=True) to "
+                    "allow re-runs)",
+                    {"call_id": call_id},
                 )
             if status == "quota":
                 raise SessionQuotaExceeded(
@@ -264,7 +317,14 @@ class Node:
             raise Redirect(bound, bound_node)
 
     def _claim(
-        self, call_id: str, slot: AdapterWorker, session_id: str, *, bind: bool, deadline: float
+        self,
+        call_id: str,
+        slot: AdapterWorker,
+        session_id: str,
+        *,
+        bind: bool,
+        deadline: float,
+        rerun_ok: bool = False,
     ) -> tuple[str, str, str, bool]:
         ttl_ms = int(max(0.0, deadline - time.time()) * 1000) + CALL_STATE_MARGIN_MS
         reply = self._start_call(
@@ -284,6 +344,7 @@ class Node:
                 session_id,
                 "1" if bind else "0",
                 ttl_ms,
+                "1" if rerun_ok else "0",
             ],
         )
         status, bound, bound_node, new = (state.text(x) for x in reply)
@@ -362,6 +423,14 @@ class Node:
         return fields, self.workers.snapshot()
 
     def _worker_exited(self, worker: AdapterWorker, how: str) -> None:
+        """Crash barrier: taint the worker (routing avoids it for a while) and record it."""
+        if self.settings.crash_barrier_enabled:
+            ms = self.settings.crash_barrier_taint_duration_ms
+            self.workers.taint(worker.worker_id, ms / 1000)
+            try:
+                self.redis.set(keys.taint(worker.worker_id), how, px=ms)
+            except Exception:
+                log.debug("could not taint %s", worker.worker_id, exc_info=True)
         if not self.lease.running:
             return
         try:

@@ -91,6 +91,10 @@ class AdapterWorker:
         self.requests = 0
         self.started_at = 0.0
         self.tools: dict[str, pb.ToolSpec] = {}
+        self.missed_heartbeats = 0
+        self.rss_bytes = 0
+        self.kill_reason = ""
+        self.recycle_reason = ""
         self._ready_fd = -1
 
     @property
@@ -137,6 +141,11 @@ class AdapterWorker:
         self.generation += 1
         self.state = "starting"
         self.started_at = time.time()
+        self.requests = 0
+        self.missed_heartbeats = 0
+        self.rss_bytes = 0
+        self.kill_reason = ""
+        self.recycle_reason = ""
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the runtime serves, or raise WorkerStartError (and stop it)."""

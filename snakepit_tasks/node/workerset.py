@@ -63,7 +63,8 @@ class WorkerSet:
             for i in range(count if count is not None else pool.pool_size)
         ]
         self._cond = threading.Condition()
-        self._restarts: queue.Queue[AdapterWorker | None] = queue.Queue()
+        self._restarts: queue.Queue[tuple[AdapterWorker, str] | None] = queue.Queue()
+        self._tainted_until: dict[str, float] = {}
         self._stopping = False
         self._on_exit = on_exit
         self._supervisor: threading.Thread | None = None
@@ -104,6 +105,8 @@ class WorkerSet:
             target=self._supervise, name="snakepit-supervisor", daemon=True
         )
         self._supervisor.start()
+        if self.settings.heartbeat_enabled:
+            threading.Thread(target=self._heartbeat, name="snakepit-heartbeat", daemon=True).start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop every worker: SIGTERM, ``grace`` seconds, SIGKILL. Idempotent."""
@@ -150,22 +153,30 @@ class WorkerSet:
             self._cond.notify_all()
         status = worker.exit_status()
         how = status.describe() if status else f"exited ({code})"
+        if worker.kill_reason:
+            how += f" ({worker.kill_reason})"
         log.warning("worker %s (pid %s) %s; restarting it", worker.worker_id, worker.pid, how)
         if self._on_exit:
             self._on_exit(worker, how)
-        self._restarts.put(worker)
+        self._restarts.put((worker, "crash"))
 
     def _supervise(self) -> None:
         # Restarts happen on this one long-lived thread: the runtimes' parent-death signal
         # follows the thread that spawned them.
         failures: dict[str, int] = {}
         while True:
-            worker = self._restarts.get()
-            if worker is None or self._stopping:
+            item = self._restarts.get()
+            if item is None or self._stopping:
                 return
+            worker, reason = item
             backoff = self.settings.crash_barrier_backoff_ms or (100,)
             n = failures.get(worker.worker_id, 0)
-            time.sleep(backoff[min(n, len(backoff) - 1)] / 1000)
+            if reason == "recycle":
+                log.info("recycling worker %s (pid %s): %s", worker.worker_id, worker.pid,
+                         worker.recycle_reason)
+                worker.stop(self.settings.graceful_shutdown_timeout_ms / 1000)
+            else:
+                time.sleep(backoff[min(n, len(backoff) - 1)] / 1000)
             try:
                 worker.kill()  # its children, if any survived it
                 with self._cond:
@@ -177,7 +188,7 @@ class WorkerSet:
                 failures[worker.worker_id] = n + 1
                 log.error("restart of worker %s failed: %s", worker.worker_id, exc)
                 time.sleep(min(5.0, 0.5 * (n + 1)))
-                self._restarts.put(worker)
+                self._restarts.put((worker, "crash"))
                 continue
             failures.pop(worker.worker_id, None)
             log.info("worker %s restarted as pid %s", worker.worker_id, worker.pid)
@@ -186,8 +197,20 @@ class WorkerSet:
                 self._cond.notify_all()
 
     # -- slots ---------------------------------------------------------------------------
-    def acquire(self, deadline: float, worker_id: str | None = None) -> AdapterWorker:
-        """Take a slot on a ready worker (``worker_id``'s if given) before ``deadline``."""
+    def taint(self, worker_id: str, seconds: float) -> None:
+        """Prefer other workers over ``worker_id`` for ``seconds`` (it just crashed)."""
+        with self._cond:
+            self._tainted_until[worker_id] = time.monotonic() + seconds
+
+    def is_tainted(self, worker_id: str) -> bool:
+        """Whether ``worker_id`` crashed recently (see :meth:`taint`)."""
+        return self._tainted_until.get(worker_id, 0.0) > time.monotonic()
+
+    def acquire(
+        self, deadline: float, worker_id: str | None = None, exclude: str | None = None
+    ) -> AdapterWorker:
+        """Take a slot on a ready worker (``worker_id``'s if given, never ``exclude``'s)
+        before ``deadline``; untainted, least-loaded workers first."""
         with self._cond:
             while True:
                 if self._stopping:
@@ -198,9 +221,10 @@ class WorkerSet:
                     if w.state == "ready"
                     and w.inflight < w.capacity
                     and (worker_id is None or w.worker_id == worker_id)
+                    and w.worker_id != exclude
                 ]
                 if candidates:
-                    best = min(candidates, key=lambda w: w.inflight)
+                    best = min(candidates, key=lambda w: (self.is_tainted(w.worker_id), w.inflight))
                     best.inflight += 1
                     return best
                 remaining = deadline - time.time()
@@ -212,11 +236,64 @@ class WorkerSet:
                 self._cond.wait(min(remaining, 1.0))
 
     def release(self, worker: AdapterWorker) -> None:
-        """Give back a slot taken with :meth:`acquire`."""
+        """Give back a slot taken with :meth:`acquire`; recycle the worker if it is due."""
         with self._cond:
             worker.inflight -= 1
             worker.requests += 1
+            if worker.state == "ready":
+                worker.recycle_reason = self._recycle_reason(worker)
+                if worker.recycle_reason:
+                    worker.state = "recycling"  # takes no new calls
+            if worker.state == "recycling" and worker.inflight == 0:
+                worker.state = "starting"
+                self._restarts.put((worker, "recycle"))
             self._cond.notify()
+
+    def _recycle_reason(self, worker: AdapterWorker) -> str:
+        s = self.settings
+        if s.worker_max_requests and worker.requests >= s.worker_max_requests:
+            return f"served {worker.requests} calls (worker_max_requests)"
+        if s.worker_ttl and time.time() - worker.started_at >= s.worker_ttl:
+            return f"older than {s.worker_ttl}s (worker_ttl)"
+        if s.memory_threshold_mb and worker.rss_bytes >= s.memory_threshold_mb * 1024 * 1024:
+            return f"uses {worker.rss_bytes // (1024 * 1024)} MB (memory_threshold_mb)"
+        return ""
+
+    def _heartbeat(self) -> None:
+        """Ping every ready worker; kill one that misses ``heartbeat_max_missed`` in a row."""
+        s = self.settings
+        interval = s.heartbeat_ping_interval_ms / 1000
+        timeout = min(s.heartbeat_timeout_ms / 1000, max(interval, 0.5))
+        seq = 0
+        while not self._stopping:
+            time.sleep(interval)
+            seq += 1
+            for w in list(self.workers):
+                stub, generation = w.stub, w.generation
+                if w.state not in ("ready", "recycling") or stub is None:
+                    continue
+                try:
+                    beat = stub.Heartbeat(pb.HeartbeatRequest(seq=seq), timeout=timeout)
+                    w.missed_heartbeats = 0
+                    w.rss_bytes = int(beat.rss_bytes)
+                except grpc.RpcError:
+                    if w.generation != generation or w.state not in ("ready", "recycling"):
+                        continue
+                    w.missed_heartbeats += 1
+                    if w.missed_heartbeats >= s.heartbeat_max_missed:
+                        w.kill_reason = f"missed {w.missed_heartbeats} heartbeats: hung"
+                        log.warning("worker %s (pid %s) %s; killing it", w.worker_id, w.pid,
+                                    w.kill_reason)
+                        w.kill()
+                if (
+                    w.state == "ready" and s.memory_threshold_mb
+                    and w.rss_bytes >= s.memory_threshold_mb * 1024 * 1024
+                ):
+                    with self._cond:
+                        if w.state == "ready" and w.inflight == 0:
+                            w.recycle_reason = self._recycle_reason(w)
+                            w.state = "starting"
+                            self._restarts.put((w, "recycle"))
 
     # -- the hand-off --------------------------------------------------------------------
     @staticmethod
@@ -273,9 +350,11 @@ class WorkerSet:
         details: dict[str, Any] = {"worker_id": worker.worker_id, "tool": tool, "pid": worker.pid}
         if status is not None:
             details.update(exit_code=status.returncode, signal=status.signal)
+            why = f" ({worker.kill_reason})" if worker.kill_reason else ""
+            details["reason"] = worker.kill_reason or status.describe()
             after = "the node is stopping" if self._stopping else "it is being restarted"
             return WorkerCrashed(
-                f"worker {worker.worker_id} (pid {worker.pid}) {status.describe()} while "
+                f"worker {worker.worker_id} (pid {worker.pid}) {status.describe()}{why} while "
                 f"running {tool!r}; {after}",
                 details,
             )
