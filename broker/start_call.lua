@@ -5,7 +5,7 @@
 --      so a call that timed out in the queue never runs later;
 --   3. count the worker busy.
 --
--- KEYS[1] call state        snakepit:call:<call_id>
+-- KEYS[1] call state        snakepit:call:<call_id>  ('started:<node>' | 'timed_out')
 -- KEYS[2] session           snakepit:session:<sid>      (ignored when ARGV[7] == '')
 -- KEYS[3] session index     snakepit:sessions            (zset sid -> last use)
 -- KEYS[4] busy              snakepit:node:<node>:busy    (hash worker -> calls in flight)
@@ -45,7 +45,9 @@ if sid ~= '' then
   end
 end
 
-if not redis.call('SET', KEYS[1], 'started', 'NX', 'PX', ARGV[9]) then
+-- The value names the node, so a janitor can tell which calls died with their node.
+local started = 'started:' .. node
+if not redis.call('SET', KEYS[1], started, 'NX', 'PX', ARGV[9]) then
   if redis.call('GET', KEYS[1]) == 'timed_out' then
     return {'timed_out', bound, bound_node, new}
   end
@@ -54,6 +56,7 @@ if not redis.call('SET', KEYS[1], 'started', 'NX', 'PX', ARGV[9]) then
   if ARGV[10] ~= '1' then
     return {'duplicate', bound, bound_node, new}
   end
+  redis.call('SET', KEYS[1], started, 'PX', ARGV[9])
 end
 redis.call('HINCRBY', KEYS[4], worker, 1)
 return {'ok', bound, bound_node, new}

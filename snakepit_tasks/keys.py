@@ -94,3 +94,39 @@ def taint(worker_id: str) -> str:
 def reply(call_id: str) -> str:
     """List the node pushes a synchronous call's outcome to (the caller BLPOPs it)."""
     return f"{PREFIX}:reply:{call_id}"
+
+
+def janitor_lock(pool: str) -> str:
+    """Held by the one live node that cleans up after ``pool``'s dead nodes."""
+    return f"{PREFIX}:janitor:{pool}:lock"
+
+
+def dead_nodes(pool: str) -> str:
+    """Hash ``node -> first seen dead`` for nodes whose queues the janitor still watches."""
+    return f"{PREFIX}:pool:{pool}:dead"
+
+
+def dead_backlog(pool: str) -> str:
+    """Hash ``node -> messages found in its queue`` at the janitor's last sweep."""
+    return f"{PREFIX}:pool:{pool}:dead_backlog"
+
+
+# kombu's Redis transport keeps delivered-but-unacknowledged messages here.
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+
+def circuit(name: str, tool: str | None = None) -> str:
+    """Hash holding circuit breaker ``name``'s state (per pool, or per pool and ``tool``)."""
+    return f"{PREFIX}:circuit:{name}" if tool is None else f"{PREFIX}:circuit:{name}:{tool}"
+
+
+def circuit_trials(name: str, tool: str | None = None) -> str:
+    """Sorted set of the half-open trial calls a circuit breaker let through (by expiry)."""
+    suffix = name if tool is None else f"{name}:{tool}"
+    return f"{PREFIX}:circuit_trials:{suffix}"
+
+
+def health(pool: str) -> str:
+    """Sorted set of ``pool``'s recent worker crashes, scored by time (ms): the health window."""
+    return f"{PREFIX}:health:{pool}"

@@ -63,11 +63,11 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
                 self.node.stop()
                 self.node = None
 
-        def ready(**kw: Any) -> None:
+        def ready(sender: Any = None, **kw: Any) -> None:
             # Advertise the node only once Celery consumes its queues: callers that saw
             # await_ready() never wait on a node that is still starting.
             if self.node is not None:
-                self.node.publish()
+                self.node.publish(app)
 
         signals.worker_ready.connect(ready, weak=False)
         signals.worker_shutting_down.connect(shutting_down, weak=False)

@@ -80,6 +80,7 @@ class Node:
         self._start_call = scripts.script(self.redis, "start_call")
         self._give_up_call = scripts.script(self.redis, "give_up_call")
         self._shutdown_timer: threading.Timer | None = None
+        self.janitor: Any = None
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -96,9 +97,15 @@ class Node:
             (time.monotonic() - started) * 1000,
         )
 
-    def publish(self) -> None:
-        """Advertise this node in Redis and keep the lease fresh until :meth:`stop`."""
+    def publish(self, app: Any = None) -> None:
+        """Advertise this node in Redis and keep the lease fresh until :meth:`stop`; with the
+        Celery ``app``, also take a turn at cleaning up after dead nodes of the pool."""
         self.lease.start()
+        if app is not None:
+            from .janitor import Janitor
+
+            self.janitor = Janitor(self, app)
+            self.janitor.start()
 
     def begin_shutdown(self) -> None:
         """Celery is shutting down: give calls in flight the grace period, then kill."""
@@ -111,6 +118,8 @@ class Node:
         """Withdraw the lease and stop every worker."""
         if self._shutdown_timer:
             self._shutdown_timer.cancel()
+        if self.janitor is not None:
+            self.janitor.stop()
         self.lease.stop()
         self.workers.stop()
         try:
@@ -202,7 +211,7 @@ class Node:
                 return slot, self.workers.execute_on(slot, command, args, **call)
             except WorkerCrashed:
                 limit = self.settings.crash_barrier_max_restarts
-                if not self._idempotent(command) or reruns >= limit:
+                if not self.is_idempotent(command) or reruns >= limit:
                     raise
                 reruns += 1
                 crashed = slot.worker_id
@@ -214,7 +223,8 @@ class Node:
                             new.worker_id)
                 slot = new
 
-    def _idempotent(self, command: str) -> bool:
+    def is_idempotent(self, command: str) -> bool:
+        """Whether this pool's adapter declares ``command`` idempotent (safe to re-run)."""
         for w in self.workers.workers:
             spec = w.tools.get(command)
             if spec is not None:
@@ -284,7 +294,7 @@ class Node:
                 session_id,
                 bind=not fallback,
                 deadline=deadline,
-                rerun_ok=self._idempotent(command),
+                rerun_ok=self.is_idempotent(command),
             )
             if status == "ok":
                 if new and session_id:

@@ -1,0 +1,223 @@
+"""The janitor: one live node per pool (under a Redis lock) cleans up after dead nodes.
+
+A dead node's queue is consumed by nobody, and Redis restores its unacknowledged messages
+back into queues after ``visibility_timeout``. For every such message the janitor either
+re-routes it to the pool queue (safe: not started, and no strict session), or fails it in the
+result backend (and to a waiting caller) with SessionWorkerUnavailable or WorkerCrashed, so
+nobody waits on PENDING for ever. It keeps watching a dead node's queue for
+``visibility_timeout`` after the death (then removes its session bindings), clears its taints
+and busy counts, and records the backlog it found.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import keys, replies, sessions, state
+from ..errors import SessionWorkerUnavailable, SnakepitError, WorkerCrashed
+from ..streaming import entries
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .node import Node
+
+log = logging.getLogger("snakepit_tasks.janitor")
+
+SWEEP_SECONDS = 1.0
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def decode_message(raw: bytes | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A kombu Redis message and the keyword arguments of its snakepit.execute call."""
+    message = json.loads(raw)
+    body = message.get("body", "")
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    _, kwargs, _ = json.loads(body)
+    return message, kwargs
+
+
+def encode_message(message: dict[str, Any], kwargs: dict[str, Any], queue: str) -> bytes:
+    """``message`` with new keyword arguments, addressed to ``queue``."""
+    body = json.loads(base64.b64decode(message["body"]))
+    body[1] = kwargs
+    message = dict(message)
+    message["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    message["headers"] = dict(message["headers"], kwargsrepr=repr(kwargs))
+    props = dict(message["properties"])
+    props["delivery_info"] = dict(props.get("delivery_info", {}), routing_key=queue)
+    message["properties"] = props
+    return json.dumps(message).encode()
+
+
+class Janitor:
+    """Runs on every node; acts only while it holds the pool's janitor lock."""
+
+    def __init__(self, node: Node, app: Celery) -> None:
+        self.node = node
+        self.app = app
+        self.r = node.redis
+        self.pool = node.pool.name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snakepit-janitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            lock = keys.janitor_lock(self.pool)
+            if state.text(self.r.get(lock) or b"") == self.node.name:
+                self.r.delete(lock)
+        except Exception:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(SWEEP_SECONDS):
+            try:
+                if self._hold_lock():
+                    self.sweep()
+            except Exception:
+                log.warning("janitor sweep failed", exc_info=True)
+
+    def _hold_lock(self) -> bool:
+        lock, ttl = keys.janitor_lock(self.pool), int(SWEEP_SECONDS * 5000)
+        if self.r.set(lock, self.node.name, nx=True, px=ttl):
+            return True
+        if state.text(self.r.get(lock) or b"") == self.node.name:
+            self.r.pexpire(lock, ttl)
+            return True
+        return False
+
+    # -- the sweep -------------------------------------------------------------------------
+    def sweep(self) -> dict[str, int]:
+        """One pass over the pool's dead nodes; returns the backlog found per dead node."""
+        now = time.time()
+        members = [state.text(n) for n in self.r.smembers(keys.pool_nodes(self.pool))]
+        with self.r.pipeline(transaction=False) as pipe:
+            for name in members:
+                pipe.exists(keys.node_lease(name))
+            alive = pipe.execute()
+        dead = [n for n, up in zip(members, alive, strict=True) if not up and n != self.node.name]
+        raw_watched = self.r.hgetall(keys.dead_nodes(self.pool))
+        watched = {state.text(k): float(v) for k, v in raw_watched.items()}
+        backlog: dict[str, int] = {}
+        for name in dead:
+            if name not in watched:
+                watched[name] = now
+                self.r.hset(keys.dead_nodes(self.pool), name, now)
+                log.warning("node %s of pool %s is dead; taking over its queue", name, self.pool)
+                self._forget_workers(name)
+            backlog[name] = self._drain(name)
+        if dead:
+            self._recover_unacked(set(dead))
+        for name, since in watched.items():
+            if name in dead and now - since > self.node.settings.visibility_timeout + 60:
+                self._forget_sessions(name)
+                self.r.srem(keys.pool_nodes(self.pool), name)
+                self.r.hdel(keys.dead_nodes(self.pool), name)
+                self.r.hdel(keys.dead_backlog(self.pool), name)
+            elif name not in dead:  # came back, or removed
+                self.r.hdel(keys.dead_nodes(self.pool), name)
+        if backlog:
+            self.r.hset(keys.dead_backlog(self.pool), mapping=backlog)  # type: ignore[arg-type]
+        return backlog
+
+    def _drain(self, node: str) -> int:
+        """Handle every message waiting in a dead node's queue; return how many there were."""
+        count = 0
+        for suffix in PRIORITY_SUFFIXES:
+            queue = keys.node_queue(node) + suffix
+            while True:
+                raw: Any = self.r.rpop(queue)  # oldest first: kombu publishes with LPUSH
+                if raw is None:
+                    break
+                count += 1
+                self._handle(bytes(raw), started=False)
+        return count
+
+    def _recover_unacked(self, dead: set[str]) -> None:
+        """Messages a dead node had taken but not acknowledged: decide now rather than when
+        Redis restores them after visibility_timeout."""
+        for tag, entry in self.r.hgetall(keys.UNACKED).items():
+            try:
+                raw_message = json.loads(entry)[0]
+                message_raw = json.dumps(raw_message).encode()
+                _, kwargs = decode_message(message_raw)
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+            call_id = raw_message.get("headers", {}).get("id", "")
+            started = state.text(self.r.get(keys.call_state(call_id)) or b"")
+            owner = started.split(":", 1)[1] if started.startswith("started:") else None
+            queued_for_dead = any(
+                kwargs.get("worker", "").startswith(n + "/") for n in dead
+            ) if kwargs.get("worker") else False
+            if owner not in dead and not (owner is None and queued_for_dead):
+                continue
+            # Take it out of kombu's hands first, so it is never restored as well.
+            with self.r.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.UNACKED, tag)
+                pipe.zrem(keys.UNACKED_INDEX, tag)
+                removed = pipe.execute()[0]
+            if removed:
+                self._handle(message_raw, started=owner is not None)
+
+    def _handle(self, raw: bytes, *, started: bool) -> None:
+        try:
+            message, kwargs = decode_message(raw)
+        except (ValueError, KeyError, TypeError):
+            log.error("janitor: dropping an undecodable message: %r", raw[:200])
+            return
+        call_id = message["headers"]["id"]
+        session_id = kwargs.get("session_id")
+        strict = session_id and kwargs.get("affinity") in ("strict_queue", "strict_fail_fast")
+        command = kwargs.get("command", "")
+        if strict:
+            self._fail(call_id, kwargs, SessionWorkerUnavailable(
+                f"session {session_id!r} was bound to {kwargs.get('worker')}, whose node died "
+                f"(affinity {kwargs.get('affinity')})", {"session_id": session_id}))
+            return
+        if started and not self.node.is_idempotent(command):
+            self._fail(call_id, kwargs, WorkerCrashed(
+                f"the node running call {command!r} died; it is not re-run because the tool is "
+                "not idempotent", {"call_id": call_id}))
+            return
+        kwargs = dict(kwargs, worker=None, fallback=False)
+        pool_queue = keys.pool_queue(kwargs.get("pool") or self.pool)
+        self.r.rpush(pool_queue, encode_message(message, kwargs, pool_queue))  # runs next
+        log.info("janitor: re-routed call %s (%s) to %s", call_id, command, pool_queue)
+
+    def _fail(self, call_id: str, kwargs: dict[str, Any], exc: SnakepitError) -> None:
+        log.warning("janitor: failing call %s: %s", call_id, exc)
+        self.app.backend.mark_as_failure(call_id, exc)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.pool_stats(self.pool), "errors", 1)
+            if kwargs.get("reply"):
+                replies.push(pipe, call_id, replies.encode_outcome(error=exc))
+            if kwargs.get("stream"):
+                pipe.xadd(keys.stream(call_id), entries.error_fields(exc),  # type: ignore[arg-type]
+                          id="*")
+                pipe.expire(keys.stream(call_id), self.node.settings.stream_retention)
+            pipe.execute()
+
+    def _forget_workers(self, node: str) -> None:
+        """Remove a dead node's taints and busy counts."""
+        taints = list(self.r.scan_iter(match=keys.taint(node + "/*")))
+        if taints:
+            self.r.delete(*taints)
+        self.r.delete(keys.busy(node))
+
+    def _forget_sessions(self, node: str) -> None:
+        """Remove the session bindings to a dead node's workers. Until then strict callers
+        learn their worker is gone (SessionWorkerUnavailable) instead of silently starting
+        over elsewhere; hint callers re-bind on their next call."""
+        for info in sessions.list_sessions(self.pool, app=self.app):
+            if info.get("node") == node:
+                sessions.unbind(self.r, info["session_id"])
