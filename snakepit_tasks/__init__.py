@@ -19,6 +19,7 @@ from .caller import (
 )
 from .config import PoolConfig, Settings, load_settings
 from .errors import SnakepitError
+from .script import cleanup, run_as_script, start_pools
 from .streaming.api import (
     HALT,
     Stream,
@@ -43,6 +44,9 @@ __all__ = [
     "Settings",
     "SnakepitError",
     "await_ready",
+    "cleanup",
+    "run_as_script",
+    "start_pools",
     "configure",
     "create_app",
     "default_app",

@@ -56,8 +56,9 @@ def node_specs(
 
 def node_command(spec: NodeSpec, loglevel: str, settings: Settings) -> list[str]:
     """The plain Celery command line that runs one node (systemd/Kubernetes use the same)."""
+    quiet = ["--quiet"] if loglevel.lower() in ("warning", "error", "critical") else []
     cmd = [
-        sys.executable, "-m", "celery", "-A", "snakepit_tasks.node.entry", "worker",
+        sys.executable, "-m", "celery", "-A", "snakepit_tasks.node.entry", *quiet, "worker",
         "-n", spec.name,
         "--snakepit-pool", spec.pool.name,
         "--snakepit-workers", str(spec.workers),
