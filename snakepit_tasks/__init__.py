@@ -2,51 +2,57 @@
 
     import snakepit_tasks as sp
     sp.execute("ping")
+
+Names are imported on first use, so an adapter process (which only needs
+``snakepit_tasks.bridge``) starts without loading Celery.
 """
 
-from . import errors, sessions
-from .app import configure, create_app, default_app
-from .caller import (
-    await_ready,
-    execute,
-    execute_async,
-    execute_in_session,
-    execute_in_session_async,
-    get_result,
-    get_stats,
-    list_workers,
-    wait,
-)
-from .config import PoolConfig, Settings, load_settings
-from .errors import SnakepitError
-from .script import cleanup, run_as_script, start_pools
-from .streaming.api import (
-    HALT,
-    Stream,
-    execute_in_session_stream,
-    execute_stream,
-    stream,
-    stream_in_session,
-    stream_result,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "errors": "snakepit_tasks.errors",
+    "sessions": "snakepit_tasks.sessions",
+    "SnakepitError": "snakepit_tasks.errors",
+    "PoolConfig": "snakepit_tasks.config",
+    "Settings": "snakepit_tasks.config",
+    "load_settings": "snakepit_tasks.config",
+    "configure": "snakepit_tasks.app",
+    "create_app": "snakepit_tasks.app",
+    "default_app": "snakepit_tasks.app",
+    "await_ready": "snakepit_tasks.caller",
+    "execute": "snakepit_tasks.caller",
+    "execute_async": "snakepit_tasks.caller",
+    "execute_in_session": "snakepit_tasks.caller",
+    "execute_in_session_async": "snakepit_tasks.caller",
+    "get_result": "snakepit_tasks.caller",
+    "get_stats": "snakepit_tasks.caller",
+    "list_workers": "snakepit_tasks.caller",
+    "wait": "snakepit_tasks.caller",
+    "HALT": "snakepit_tasks.streaming.api",
+    "Stream": "snakepit_tasks.streaming.api",
+    "execute_stream": "snakepit_tasks.streaming.api",
+    "execute_in_session_stream": "snakepit_tasks.streaming.api",
+    "stream": "snakepit_tasks.streaming.api",
+    "stream_in_session": "snakepit_tasks.streaming.api",
+    "stream_result": "snakepit_tasks.streaming.api",
+    "cleanup": "snakepit_tasks.script",
+    "run_as_script": "snakepit_tasks.script",
+    "start_pools": "snakepit_tasks.script",
+}
+
 __all__ = [
     "HALT",
-    "Stream",
-    "execute_stream",
-    "execute_in_session_stream",
-    "stream_in_session",
-    "stream",
-    "stream_result",
     "PoolConfig",
     "Settings",
     "SnakepitError",
+    "Stream",
     "await_ready",
     "cleanup",
-    "run_as_script",
-    "start_pools",
     "configure",
     "create_app",
     "default_app",
@@ -55,10 +61,59 @@ __all__ = [
     "execute_async",
     "execute_in_session",
     "execute_in_session_async",
-    "sessions",
+    "execute_in_session_stream",
+    "execute_stream",
     "get_result",
     "get_stats",
     "list_workers",
     "load_settings",
+    "run_as_script",
+    "sessions",
+    "start_pools",
+    "stream",
+    "stream_in_session",
+    "stream_result",
     "wait",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'snakepit_tasks' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from . import errors, sessions
+    from .app import configure, create_app, default_app
+    from .caller import (
+        await_ready,
+        execute,
+        execute_async,
+        execute_in_session,
+        execute_in_session_async,
+        get_result,
+        get_stats,
+        list_workers,
+        wait,
+    )
+    from .config import PoolConfig, Settings, load_settings
+    from .errors import SnakepitError
+    from .script import cleanup, run_as_script, start_pools
+    from .streaming.api import (
+        HALT,
+        Stream,
+        execute_in_session_stream,
+        execute_stream,
+        stream,
+        stream_in_session,
+        stream_result,
+    )

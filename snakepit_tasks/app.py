@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from .config import Settings, load_settings
 EXCHANGE = Exchange(keys.EXCHANGE, type="direct", durable=True)
 
 
+@functools.lru_cache(maxsize=1024)
 def declare_queue(name: str) -> Queue:
     """A queue bound to the snakepit exchange with its own name as routing key.
 

@@ -97,8 +97,10 @@ def _run_and_wait(
     timeout = options.get("timeout")
     seconds = timeout if timeout else settings.default_command_timeout / 1000
     deadline = time.time() + seconds
+    # The reply comes straight back through Redis: no result-backend entry, no per-call
+    # subscription (both cost round trips and serialise threaded callers).
     result = app.tasks[EXECUTE].apply_async(
-        (command, args), {**options, "deadline": deadline, "reply": True}
+        (command, args), {**options, "deadline": deadline, "reply": True}, ignore_result=True
     )
     r = state.redis_client(settings.redis_url)
     queue_deadline = time.time() + settings.pool_queue_timeout / 1000

@@ -56,6 +56,5 @@ def pop(r: redis.Redis, call_id: str, deadline: float) -> bytes | None:
         if remaining <= 0:
             return None
         got: Any = r.blpop([key], timeout=min(MAX_BLOCK_SECONDS, max(0.01, remaining)))
-        if got:
-            r.delete(key)
+        if got:  # the list held one reply: Redis removed it with its last element
             return bytes(got[1])

@@ -113,20 +113,24 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
         call["enqueued_at"] = time.time()
 
     r = state.redis_client(settings.redis_url)
-    with r.pipeline(transaction=False) as pipe:
+    queue_name = keys.pool_queue(pool)
+    with r.pipeline(transaction=False) as pipe:  # one round trip for the common case
         pipe.exists(keys.pool_alive(pool))
+        state.queue_length_into(pipe, queue_name)
         if session_id:
             pipe.hmget(keys.session(session_id), "worker", "node")
         replies = pipe.execute()
     if not replies[0]:
         raise missing_pool_error(settings, r, pool)
-    queue_name = keys.pool_queue(pool)
+    waiting = sum(replies[1 : 1 + state.QUEUE_PARTS])
     if session_id:
         call["affinity"] = affinity_for(settings, pool, call.get("affinity"))
-        bound_worker, bound_node = (state.text(v) if v else None for v in replies[1])
+        bound = replies[1 + state.QUEUE_PARTS]
+        bound_worker, bound_node = (state.text(v) if v else None for v in bound)
         if bound_worker and bound_node:
             queue_name = _session_queue(r, call, session_id, bound_worker, bound_node)
-    waiting = state.queue_length(r, queue_name)
+            if queue_name != keys.pool_queue(pool):
+                waiting = state.queue_length(r, queue_name)
     if waiting >= settings.pool_max_queue_size:
         state.count(r, pool, pool_saturated=1)
         raise QueueFull(

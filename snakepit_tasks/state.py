@@ -84,12 +84,21 @@ def read_counters(r: redis.Redis, pool: str) -> dict[str, int]:
     return {text(k): int(v) for k, v in raw.items()}
 
 
+# kombu's Redis transport keeps priorities 3, 6 and 9 in sub-lists beside the queue's list.
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+QUEUE_PARTS = len(PRIORITY_SUFFIXES)
+
+
+def queue_length_into(pipe: Any, queue: str) -> None:
+    """Queue the LLENs whose sum is ``queue``'s length on a pipeline (QUEUE_PARTS replies)."""
+    for suffix in PRIORITY_SUFFIXES:
+        pipe.llen(queue + suffix)
+
+
 def queue_length(r: redis.Redis, queue: str) -> int:
     """Messages waiting in a Redis-broker queue (all priority sub-queues included)."""
     with r.pipeline(transaction=False) as pipe:
-        pipe.llen(queue)
-        for step in (3, 6, 9):
-            pipe.llen(f"{queue}\x06\x16{step}")
+        queue_length_into(pipe, queue)
         return int(sum(pipe.execute()))
 
 

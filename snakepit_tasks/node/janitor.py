@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("snakepit_tasks.janitor")
 
 SWEEP_SECONDS = 1.0
-PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def decode_message(raw: bytes | str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -133,7 +132,7 @@ class Janitor:
     def _drain(self, node: str) -> int:
         """Handle every message waiting in a dead node's queue; return how many there were."""
         count = 0
-        for suffix in PRIORITY_SUFFIXES:
+        for suffix in state.PRIORITY_SUFFIXES:
             queue = keys.node_queue(node) + suffix
             while True:
                 raw: Any = self.r.rpop(queue)  # oldest first: kombu publishes with LPUSH

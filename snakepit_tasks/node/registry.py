@@ -14,7 +14,11 @@ Safety rules of :meth:`ProcessRegistry.sweep` (Linux ``/proc``):
 - only runs whose recording node is gone (pid dead, or alive with another start time) are
   swept: a live node of the same instance with another run id keeps its workers;
 - a runtime is its own process group leader (``start_new_session=True``), so the group gets
-  the signals: SIGTERM, ``grace_s`` seconds, then SIGKILL.
+  the signals: SIGTERM, ``grace_s`` seconds, then SIGKILL;
+- a runtime spawned but never recorded (node killed in between) is found in ``/proc`` by its
+  command line (``--run-id R --instance NAME``, R a run of a gone node noted by
+  :meth:`ProcessRegistry.begin_run` or :meth:`ProcessRegistry.record`, never a run id that a
+  live node uses, never a process older than R's node).
 
 Standard library only. Every connection lives for one operation, so the registry is safe for
 several threads, for two processes (WAL and a busy timeout) and across ``fork``.
@@ -50,6 +54,9 @@ SWEEP_PASS_INTERVAL_S = 0.5
 KILL_WAIT_S = 2.0
 _POLL_S = 0.02
 
+#: ``PRAGMA user_version`` of the file. 2: runs keyed by (run id, node pid, node start time).
+SCHEMA_VERSION = 2
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processes (
     pid              INTEGER PRIMARY KEY,
@@ -66,13 +73,14 @@ CREATE TABLE IF NOT EXISTS processes (
 );
 CREATE INDEX IF NOT EXISTS processes_run ON processes (run_id);
 CREATE TABLE IF NOT EXISTS runs (
-    run_id           TEXT    PRIMARY KEY,
+    run_id           TEXT    NOT NULL,
     instance_name    TEXT    NOT NULL,
     instance_token   TEXT    NOT NULL,
     node_name        TEXT    NOT NULL,
     node_pid         INTEGER NOT NULL,
     node_start_time  INTEGER NOT NULL,
-    started_at       REAL    NOT NULL
+    started_at       REAL    NOT NULL,
+    PRIMARY KEY (run_id, node_pid, node_start_time)
 );
 """
 
@@ -307,9 +315,7 @@ class ProcessRegistry:
                 with self._lock:
                     conn = self._connect()
                     try:
-                        conn.execute("PRAGMA journal_mode=WAL")
-                        conn.executescript(_SCHEMA)
-                        conn.execute("SELECT COUNT(*) FROM processes").fetchone()
+                        self._create_schema(conn)
                     finally:
                         conn.close()
                 return
@@ -327,6 +333,27 @@ class ProcessRegistry:
                     ) from exc
                 self._move_aside(exc)
 
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        """Create the tables (or upgrade an older file) in one transaction."""
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version < SCHEMA_VERSION:
+                # Version 1 keyed runs by run id alone; runs only help the sweep: start anew.
+                conn.execute("DROP TABLE IF EXISTS runs")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("SELECT COUNT(*) FROM processes").fetchone()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def _move_aside(self, exc: BaseException) -> None:
         """The file is not a usable database: keep it for inspection and start afresh."""
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -341,6 +368,7 @@ class ProcessRegistry:
                     src.unlink(missing_ok=True)
 
     def _where_instance(self) -> tuple[str, tuple[str, str]]:
+        """SQL condition (and its arguments) selecting this instance's rows."""
         return "instance_name = ? AND instance_token = ?", (
             self.instance_name, self.instance_token)
 
@@ -415,7 +443,9 @@ class ProcessRegistry:
                 )
                 if len(gone) == len(rows):
                     conn.execute(
-                        f"DELETE FROM runs WHERE run_id = ? AND {where}", (run_id, *args))
+                        f"DELETE FROM runs WHERE run_id = ? AND node_pid = ? AND {where}",
+                        (run_id, os.getpid(), *args),
+                    )
         except sqlite3.Error as exc:
             log.warning("process registry %s: cannot end run %s: %s", self.path, run_id, exc)
 
@@ -439,7 +469,9 @@ class ProcessRegistry:
         for rec in self.records():
             if rec.run_id == current_run_id or alive(rec.node_pid, rec.node_start_time):
                 continue
-            if process_start_time(rec.pid) == rec.start_time:
+            if process_start_time(rec.pid) == rec.start_time and _has_pair(
+                process_cmdline(rec.pid) or [], "--run-id", rec.run_id
+            ):
                 found.append(rec)
         return found
 
@@ -449,22 +481,24 @@ class ProcessRegistry:
 
         A recorded process is a leftover when its run is not ``current_run_id``, the node
         that recorded it is gone, and the pid still runs with the recorded start time and a
-        command line carrying ``--run-id <its run>``. Processes of such a run that were never
-        recorded are found in ``/proc`` by ``--run-id <run>`` and ``--instance <name>``.
-        Each leftover's process group gets SIGTERM, then SIGKILL after ``grace_s`` seconds.
-        Up to three passes, 500 ms apart, while leftovers turn up. Records of processes that
-        have ended are dropped, whatever their run.
+        command line carrying ``--run-id <its run>``. Processes of a gone node's run that
+        were never recorded are found in ``/proc`` by ``--run-id <run>`` and
+        ``--instance <name>`` (never for a run id a live node also uses). Each leftover's
+        process group gets SIGTERM, then SIGKILL after ``grace_s`` seconds. Up to three
+        passes, 500 ms apart, while leftovers turn up. Records of processes that have ended
+        are dropped, whatever their run.
         """
         killed: list[int] = []
-        stale_runs: set[str] = set()
+        dead_runs: set[tuple[str, int, int]] = set()
         for n in range(SWEEP_PASSES):
             if n:
                 time.sleep(SWEEP_PASS_INTERVAL_S)
             try:
-                targets, stale_runs = self._find_leftovers(current_run_id)
+                targets, found_runs = self._find_leftovers(current_run_id)
             except sqlite3.Error as exc:
                 log.warning("process registry %s: sweep failed: %s", self.path, exc)
                 return killed
+            dead_runs |= found_runs
             if not targets:
                 break
             log.warning(
@@ -473,20 +507,22 @@ class ProcessRegistry:
                 ", ".join(str(t.pid) for t in targets),
             )
             _terminate(targets, grace_s)
-            killed.extend(t.pid for t in targets)
+            killed.extend(t.pid for t in targets if t.pid not in killed)
             try:
                 self._drop_ended(t.pid for t in targets)
             except sqlite3.Error as exc:
                 log.warning("process registry %s: %s", self.path, exc)
         try:
-            self._drop_finished_runs(stale_runs)
+            self._drop_finished_runs(dead_runs)
         except sqlite3.Error as exc:
             log.warning("process registry %s: %s", self.path, exc)
         return killed
 
-    def _find_leftovers(self, current_run_id: str) -> tuple[list[_Target], set[str]]:
-        """The processes to kill now, and the run ids of gone nodes; drops the records of
-        processes that have ended."""
+    def _find_leftovers(
+        self, current_run_id: str
+    ) -> tuple[list[_Target], set[tuple[str, int, int]]]:
+        """The processes to kill now, and the runs (run id, node pid, node start time) of
+        gone nodes; drops the records of processes that have ended."""
         where, args = self._where_instance()
         alive = _NodeLiveness()
         with self._db() as conn:
@@ -498,20 +534,26 @@ class ProcessRegistry:
             runs = conn.execute(
                 f"SELECT run_id, node_pid, node_start_time FROM runs WHERE {where}", args
             ).fetchall()
-        stale_runs = {
-            str(run) for run, node_pid, node_start in runs
-            if run != current_run_id and not alive(int(node_pid), int(node_start))
+        procs = [(int(a), int(b), str(c), int(d), int(e)) for a, b, c, d, e in procs]
+        runs = [(str(a), int(b), int(c)) for a, b, c in runs]
+        # Run ids in use now: never looked for in /proc.
+        live_runs = {current_run_id}
+        live_runs.update(run for run, npid, nstart in runs if alive(npid, nstart))
+        live_runs.update(run for _, _, run, npid, nstart in procs if alive(npid, nstart))
+        dead_runs = {
+            (run, npid, nstart) for run, npid, nstart in runs
+            if run not in live_runs and not alive(npid, nstart)
         }
         targets: list[_Target] = []
         ended: list[int] = []
         for pid, start, run, node_pid, node_start in procs:
-            pid, start, run = int(pid), int(start), str(run)
             if process_start_time(pid) != start:
                 ended.append(pid)  # gone, or the pid now belongs to another process
                 continue
-            if run == current_run_id or alive(int(node_pid), int(node_start)):
+            if run == current_run_id or alive(node_pid, node_start):
                 continue
-            stale_runs.add(run)
+            if run not in live_runs:
+                dead_runs.add((run, node_pid, node_start))
             argv = process_cmdline(pid) or []
             if not _has_pair(argv, "--run-id", run):
                 log.info("recorded pid %d no longer carries --run-id %s; leaving it alone",
@@ -523,14 +565,20 @@ class ProcessRegistry:
             targets.append(_Target(pid, start))
         if ended:
             self._drop_ended(ended)
-        if stale_runs:
+        # run id -> earliest start of its gone node(s): a runtime of the run cannot be older
+        scan: dict[str, int] = {}
+        for run, _, nstart in dead_runs:
+            if run:
+                scan[run] = min(nstart, scan.get(run, nstart))
+        if scan:
             known = {t.pid for t in targets}
-            targets.extend(t for t in self._scan(stale_runs) if t.pid not in known)
-        return targets, stale_runs
+            targets.extend(t for t in self._scan(scan) if t.pid not in known)
+        return targets, dead_runs
 
-    def _scan(self, runs: set[str]) -> list[_Target]:
+    def _scan(self, runs: dict[str, int]) -> list[_Target]:
         """Processes of this user in ``/proc`` whose command line carries ``--run-id R`` (R
-        one of ``runs``) and ``--instance <this instance's name>``."""
+        one of ``runs``) and ``--instance <this instance's name>``, and which started no
+        earlier than R's node."""
         me = os.getpid()
         found = []
         for pid in _all_pids():
@@ -541,12 +589,11 @@ class ProcessRegistry:
                 a.startswith("--run-id=") for a in argv
             ):
                 continue
-            if not any(_has_pair(argv, "--run-id", run) for run in runs):
-                continue
-            if not _has_pair(argv, "--instance", self.instance_name):
+            run = next((r for r in runs if _has_pair(argv, "--run-id", r)), None)
+            if run is None or not _has_pair(argv, "--instance", self.instance_name):
                 continue
             start = process_start_time(pid)
-            if start is None or not _owned_by_me(pid):
+            if start is None or start < runs[run] or not _owned_by_me(pid):
                 continue
             found.append(_Target(pid, start))
         return found
@@ -566,18 +613,19 @@ class ProcessRegistry:
                     conn.execute(
                         f"DELETE FROM processes WHERE pid = ? AND {where}", (pid, *args))
 
-    def _drop_finished_runs(self, runs: set[str]) -> None:
-        """Forget the swept runs that have no recorded process left."""
+    def _drop_finished_runs(self, runs: set[tuple[str, int, int]]) -> None:
+        """Forget the runs of gone nodes that have no recorded process left."""
         if not runs:
             return
         where, args = self._where_instance()
+        same_run = "run_id = ? AND node_pid = ? AND node_start_time = ?"
         with self._db(write=True) as conn:
             for run in runs:
                 left = conn.execute(
-                    f"SELECT COUNT(*) FROM processes WHERE run_id = ? AND {where}", (run, *args)
+                    f"SELECT COUNT(*) FROM processes WHERE {same_run} AND {where}", (*run, *args)
                 ).fetchone()[0]
                 if not left:
-                    conn.execute(f"DELETE FROM runs WHERE run_id = ? AND {where}", (run, *args))
+                    conn.execute(f"DELETE FROM runs WHERE {same_run} AND {where}", (*run, *args))
 
 
 class _NodeLiveness:
