@@ -1,0 +1,209 @@
+"""The results as a console table, a Markdown table for the README, and a JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .stats import ratio
+
+
+def derive_ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """snakepit against raw Celery (and the gRPC floor), from the measured figures."""
+    rt = results.get("round_trip", {})
+    tp = results.get("throughput", {})
+    sp, raw = rt.get("snakepit", {}), rt.get("raw_celery", {})
+    grpc = rt.get("grpc_execute", {})
+    out: dict[str, Any] = {
+        "round_trip_median": ratio(sp.get("median_ms"), raw.get("median_ms")),
+        "round_trip_p99": ratio(sp.get("p99_ms"), raw.get("p99_ms")),
+        "throughput": ratio(
+            tp.get("snakepit", {}).get("calls_per_s"), tp.get("raw_celery", {}).get("calls_per_s")
+        ),
+    }
+    if sp.get("median_ms") is not None and raw.get("median_ms") is not None:
+        extra = sp["median_ms"] - raw["median_ms"]
+        out["snakepit_minus_raw_celery_median_ms"] = round(extra, 4)
+        if grpc.get("median_ms") is not None:
+            out["snakepit_minus_raw_celery_minus_grpc_median_ms"] = round(
+                extra - grpc["median_ms"], 4
+            )
+    return out
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def _x(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def text_report(results: dict[str, Any]) -> str:
+    """The human-readable summary printed at the end of a run."""
+    m = results["machine"]
+    s = results["settings"]
+    pk = m["packages"]
+    lines = [
+        "",
+        f"snakepit-tasks benchmark{' (--quick)' if results['quick'] else ''} — "
+        f"{m['nproc']} CPU(s) {m['cpu_model']}, Python {m['python']}, "
+        f"celery {pk.get('celery')}, kombu {pk.get('kombu')}, grpcio {pk.get('grpcio')}, "
+        f"redis-server {m['redis_server']} ({s['redis']})",
+        f"load average {m['loadavg_start'][0]:.2f} at start, "
+        f"{m.get('loadavg_end', [0.0])[0]:.2f} at end; {results['elapsed_s']:.0f} s in all",
+        "",
+    ]
+    rt = results.get("round_trip")
+    if rt:
+        lines.append(
+            f"Round trip, sequential calls ({s['calls']} per row, {s['rounds']} interleaved "
+            f"rounds, after {s['warmup']} warm-up calls), ms:"
+        )
+        lines.append(
+            f"  {'':44} {'median':>8} {'p90':>8} {'p99':>8} {'max':>8} {'redis cmds':>10}"
+        )
+        for row in rt.values():
+            cmds = row.get("redis_commands_per_call")
+            lines.append(
+                f"  {row['label']:44} {_ms(row['median_ms']):>8} {_ms(row['p90_ms']):>8} "
+                f"{_ms(row['p99_ms']):>8} {_ms(row['max_ms']):>8} "
+                f"{'—' if cmds is None else f'{cmds:.1f}':>10}"
+            )
+        r = results["ratios"]
+        lines.append(
+            f"  {'snakepit / raw Celery':44} {_x(r['round_trip_median']):>8} {'':>8} "
+            f"{_x(r['round_trip_p99']):>8}"
+        )
+        if "snakepit_minus_raw_celery_median_ms" in r:
+            lines.append(
+                f"  snakepit adds {r['snakepit_minus_raw_celery_median_ms']:.2f} ms to a Celery "
+                "round trip (median)"
+                + (
+                    f"; {r['snakepit_minus_raw_celery_minus_grpc_median_ms']:.2f} ms of it is "
+                    "not the gRPC hop"
+                    if "snakepit_minus_raw_celery_minus_grpc_median_ms" in r
+                    else ""
+                )
+            )
+        lines.append("")
+    tp = results.get("throughput")
+    if tp:
+        lines.append(
+            f"Throughput: {s['throughput_calls']:,} calls fired, then all gathered "
+            f"(median of {s['throughput_rounds']} round(s)), calls/s:"
+        )
+        lines.append(f"  {'':44} {'total':>8} {'sending':>8} {'procs':>8} {'redis cmds':>10}")
+        for row in tp.values():
+            cmds = row.get("redis_commands_per_call")
+            lines.append(
+                f"  {row['label']:44} {_rate(row['calls_per_s']):>8} "
+                f"{_rate(row['send_calls_per_s']):>8} {row['processes_used']:>8} "
+                f"{'—' if cmds is None else f'{cmds:.1f}':>10}"
+            )
+        lines.append(f"  {'snakepit / raw Celery':44} {_x(results['ratios']['throughput']):>8}")
+        lines.append("")
+    st = results.get("startup")
+    if st:
+        lines.append(
+            f"Start-up of a node (median of {s['startup_repeats']}), ms from process start:"
+        )
+        lines.append(
+            f"  {'workers':>8} {'ready':>8} {'1st call':>8} {'boot':>8} {'workers':>8} "
+            f"{'stop':>8}"
+        )
+        for row in st["nodes"].values():
+            lines.append(
+                f"  {row['workers']:>8} {_ms(row['ready_ms']):>8} {_ms(row['first_call_ms']):>8} "
+                f"{_ms(row['boot_ms']):>8} {_ms(row['workers_ms']):>8} {_ms(row['stop_ms']):>8}"
+            )
+        raw = st["raw_celery"]
+        lines.append(
+            f"  raw Celery worker (-P threads -c 2), process start to first answered call: "
+            f"{_ms(raw['first_call_ms'])} ms (stop {_ms(raw['stop_ms'])} ms)"
+        )
+        if results.get("runtime_start_ms") is not None:
+            lines.append(
+                f"  one adapter runtime alone, spawn to serving: "
+                f"{_ms(results['runtime_start_ms'])} ms"
+            )
+        lines.append(
+            "  ready: all workers ready in the node's lease; 1st call: a ping answered; boot: "
+            "to the node step; workers: boot to ready"
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """A table to paste into the README."""
+    m = results["machine"]
+    rt = results.get("round_trip", {})
+    tp = results.get("throughput", {})
+    r = results.get("ratios", {})
+    rows = ["| measure | snakepit-tasks | raw Celery | snakepit / Celery |", "|---|---|---|---|"]
+    sp, raw = rt.get("snakepit"), rt.get("raw_celery")
+    if sp and raw:
+        rows.append(
+            f"| round trip `execute(\"ping\")`, median | {_ms(sp['median_ms'])} ms | "
+            f"{_ms(raw['median_ms'])} ms | {_x(r.get('round_trip_median'))} |"
+        )
+        rows.append(
+            f"| round trip, p99 | {_ms(sp['p99_ms'])} ms | {_ms(raw['p99_ms'])} ms | "
+            f"{_x(r.get('round_trip_p99'))} |"
+        )
+    if sp and raw and sp.get("redis_commands_per_call") and raw.get("redis_commands_per_call"):
+        rows.append(
+            f"| Redis commands per `execute(\"ping\")` | {sp['redis_commands_per_call']:.0f} | "
+            f"{raw['redis_commands_per_call']:.0f} | "
+            f"{_x(ratio(sp['redis_commands_per_call'], raw['redis_commands_per_call']))} |"
+        )
+    if tp.get("snakepit") and tp.get("raw_celery"):
+        n = tp["snakepit"]["calls"]
+        rows.append(
+            f"| throughput, {n:,} calls sent then gathered | "
+            f"{_rate(tp['snakepit']['calls_per_s'])} calls/s | "
+            f"{_rate(tp['raw_celery']['calls_per_s'])} calls/s | {_x(r.get('throughput'))} |"
+        )
+    for key in ("grpc_execute", "grpc_ping", "redis_ping"):
+        row = rt.get(key)
+        if row:
+            rows.append(
+                f"| {row['label']}, median / p99 | {_ms(row['median_ms'])} / "
+                f"{_ms(row['p99_ms'])} ms | | |"
+            )
+    st = results.get("startup")
+    if st:
+        raw_ms = st["raw_celery"]["first_call_ms"]
+        for i, row in enumerate(st["nodes"].values()):
+            mine = f"{_ms(row['ready_ms'])} ms ({_ms(row['first_call_ms'])} ms)"
+            if i == 0:
+                theirs = f"{_ms(raw_ms)} ms (first call, -c 2)"
+                rel = _x(ratio(row["first_call_ms"], raw_ms)) + " (first call)"
+            else:
+                theirs = rel = ""
+            rows.append(
+                f"| start-up, {row['workers']} workers ready (first call) | {mine} | {theirs} "
+                f"| {rel} |"
+            )
+    caption = (
+        f"Measured by `python -m bench.run_all{' --quick' if results['quick'] else ''}` on "
+        f"{m['nproc']} CPU(s) ({m['cpu_model']}), "
+        f"Python {m['python']}, Celery {m['packages'].get('celery')}, "
+        f"Redis {m['redis_server']}, {m['date'][:10]}; compare ratios, not absolute times."
+    )
+    return "\n".join(rows) + "\n\n" + caption + "\n"
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
