@@ -40,14 +40,21 @@ _EXPORTS = {
     "stream": "snakepit_tasks.streaming.api",
     "stream_in_session": "snakepit_tasks.streaming.api",
     "stream_result": "snakepit_tasks.streaming.api",
+    "executor": "snakepit_tasks.resilience.executor",
+    "CircuitBreaker": "snakepit_tasks.resilience",
+    "HealthMonitor": "snakepit_tasks.resilience",
+    "RetryPolicy": "snakepit_tasks.resilience",
     "cleanup": "snakepit_tasks.script",
     "run_as_script": "snakepit_tasks.script",
     "start_pools": "snakepit_tasks.script",
 }
 
 __all__ = [
+    "CircuitBreaker",
     "HALT",
+    "HealthMonitor",
     "PoolConfig",
+    "RetryPolicy",
     "Settings",
     "SnakepitError",
     "Stream",
@@ -63,6 +70,7 @@ __all__ = [
     "execute_in_session_async",
     "execute_in_session_stream",
     "execute_stream",
+    "executor",
     "get_result",
     "get_stats",
     "list_workers",
@@ -107,6 +115,7 @@ if TYPE_CHECKING:
     )
     from .config import PoolConfig, Settings, load_settings
     from .errors import SnakepitError
+    from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, executor
     from .script import cleanup, run_as_script, start_pools
     from .streaming.api import (
         HALT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -12,6 +13,7 @@ from celery.result import AsyncResult
 from . import keys, replies, scripts, state
 from .app import default_app
 from .errors import ExecutionTimeout, QueueTimeout
+from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, breaker_for
 from .tasks import EXECUTE
 
 # Seconds a caller waits past a call's deadline for the node's own verdict.
@@ -31,8 +33,11 @@ def execute_async(
     app: Celery | None = None,
 ) -> AsyncResult:
     """Send a call; returns the Celery ``AsyncResult`` (``.get()`` gives the tool's result)."""
-    task = _app(app).tasks[EXECUTE]
-    return task.apply_async((command, args), {"pool": pool, "timeout": timeout})
+    the_app = _app(app)
+    guard = breaker(the_app, pool, command)
+    if guard is not None:
+        guard.check()  # its outcome is never seen here: reject while open, count nothing
+    return the_app.tasks[EXECUTE].apply_async((command, args), {"pool": pool, "timeout": timeout})
 
 
 def execute(
@@ -41,15 +46,18 @@ def execute(
     *,
     pool: str | None = None,
     timeout: float | None = None,
+    retry: RetryPolicy | None = None,
     app: Celery | None = None,
 ) -> Any:
     """Run tool ``command`` with keyword arguments ``args`` on a worker; return its result.
 
     ``timeout`` (seconds) bounds queueing plus execution; the default is the
     ``default_command_timeout`` setting. A call no worker takes within ``pool_queue_timeout``
-    fails with QueueTimeout and never runs. Errors are :mod:`snakepit_tasks.errors` classes.
+    fails with QueueTimeout and never runs. ``retry`` re-sends the call on the errors its
+    policy names. The pool's circuit breaker fails calls fast while it is open. Errors are
+    :mod:`snakepit_tasks.errors` classes.
     """
-    return _run_and_wait(_app(app), command, args, pool=pool, timeout=timeout)
+    return _run_and_wait(_app(app), command, args, pool=pool, timeout=timeout, retry=retry)
 
 
 def execute_in_session_async(
@@ -63,8 +71,11 @@ def execute_in_session_async(
     app: Celery | None = None,
 ) -> AsyncResult:
     """Send a call of session ``session_id``; returns the Celery ``AsyncResult``."""
-    task = _app(app).tasks[EXECUTE]
-    return task.apply_async(
+    the_app = _app(app)
+    guard = breaker(the_app, pool, command)
+    if guard is not None:
+        guard.check()
+    return the_app.tasks[EXECUTE].apply_async(
         (command, args),
         {"pool": pool, "timeout": timeout, "session_id": session_id, "affinity": affinity},
     )
@@ -78,6 +89,7 @@ def execute_in_session(
     pool: str | None = None,
     timeout: float | None = None,
     affinity: str | None = None,
+    retry: RetryPolicy | None = None,
     app: Celery | None = None,
 ) -> Any:
     """Like :func:`execute`, on the worker that holds session ``session_id``.
@@ -86,11 +98,61 @@ def execute_in_session(
     """
     return _run_and_wait(
         _app(app), command, args, pool=pool, timeout=timeout, session_id=session_id,
-        affinity=affinity,
+        affinity=affinity, retry=retry,
     )
 
 
+def breaker(app: Celery, pool: str | None, command: str) -> CircuitBreaker | None:
+    """The circuit breaker guarding calls of ``command`` to ``pool`` (None when disabled)."""
+    settings = app.snakepit_settings
+    if not settings.circuit_breaker_enabled:
+        return None
+    pool = pool or settings.default_pool_name
+    tool = command if settings.circuit_breaker_per_tool else None
+    key = (settings.redis_url, pool, tool, id(settings))
+    found = _breakers.get(key)
+    if found is None:
+        found = _breakers[key] = breaker_for(settings, pool, tool)
+    return found
+
+
+_breakers: dict[tuple[Any, ...], CircuitBreaker] = {}
+
+
+def guarded(app: Celery, pool: str | None, command: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` (one whole call) through the pool's circuit breaker: CircuitOpen at once,
+    without sending, while it is open; the call's outcome counted when it ends."""
+    guard = breaker(app, pool, command)
+    if guard is None:
+        return fn()
+    token, failures = guard.admit()
+    try:
+        result = fn()
+    except BaseException as exc:
+        guard.record(exc, token)
+        raise
+    if token or failures:
+        guard.record(None, token)
+    return result
+
+
 def _run_and_wait(
+    app: Celery,
+    command: str,
+    args: dict[str, Any] | None,
+    *,
+    retry: RetryPolicy | None = None,
+    **options: Any,
+) -> Any:
+    def once() -> Any:
+        return guarded(
+            app, options.get("pool"), command, lambda: _send_and_wait(app, command, args, **options)
+        )
+
+    return retry.run(once) if retry is not None else once()
+
+
+def _send_and_wait(
     app: Celery, command: str, args: dict[str, Any] | None, **options: Any
 ) -> Any:
     settings = app.snakepit_settings
@@ -180,6 +242,8 @@ def get_stats(pool: str | None = None, *, app: Celery | None = None) -> dict[str
         "busy": busy,
         "available": len(ready) - busy,
         "capacity": sum(w["capacity"] for w in ready),
+        "circuit": breaker_for(settings, pool).state if settings.circuit_breaker_enabled else None,
+        "healthy": HealthMonitor(pool, redis=r, settings=settings).healthy(),
     }
 
 

@@ -88,7 +88,9 @@ class Settings:
     retry_backoff_sequence: tuple[int, ...] = (100, 200, 400, 800, 1600)
     retry_max_backoff_ms: int = 30_000
     retry_jitter_factor: float = 0.25
-    # Circuit breaker
+    # Circuit breaker (shared through Redis; per pool, or per pool and tool)
+    circuit_breaker_enabled: bool = True
+    circuit_breaker_per_tool: bool = False
     circuit_breaker_failure_threshold: int = 5
     circuit_breaker_reset_timeout_ms: int = 30_000
     circuit_breaker_half_open_max_calls: int = 1

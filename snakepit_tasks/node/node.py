@@ -23,10 +23,11 @@ from ..errors import (
     WorkerBusy,
     WorkerCrashed,
 )
+from ..resilience import HealthMonitor
 from ..sessions import CLEANUP_COMMAND
 from ..streaming.writer import ChunkWriter
 from .worker import AdapterWorker
-from .workerset import WorkerSet
+from .workerset import WorkerGone, WorkerSet
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -81,6 +82,7 @@ class Node:
         self._give_up_call = scripts.script(self.redis, "give_up_call")
         self._shutdown_timer: threading.Timer | None = None
         self.janitor: Any = None
+        self.health = HealthMonitor(pool.name, redis=self.redis, settings=settings)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -160,23 +162,16 @@ class Node:
             self._finish(call_id if reply else None, exc, errors=counted, requests=counted)
             raise
         writer = self._writer(call_id, deadline) if stream else None
+        held = [slot]  # the slot this call holds now (a re-run may move it)
         outcome: Any = None
         failure: BaseException | None = None
         try:
+            call = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
             if writer is None:
-                slot, outcome = self._execute_guarded(
-                    slot, command, args, deadline=deadline, call_id=call_id, session_id=session_id
-                )
+                outcome = self._execute_guarded(held, command, args, **call)
                 return outcome
-            outcome = self.workers.stream_on(
-                slot,
-                command,
-                args,
-                deadline=deadline,
-                on_chunk=writer.put,
-                cancelled=writer.cancelled,
-                call_id=call_id,
-                session_id=session_id,
+            outcome = self._stream_guarded(
+                held, command, args, on_chunk=writer.put, cancelled=writer.cancelled, **call
             )
             writer.finish(outcome)
             return outcome
@@ -191,37 +186,58 @@ class Node:
                 writer.fail(failure)
             raise
         finally:
-            self.workers.release(slot)
+            last = held[0] if held else None
+            if last is not None:
+                self.workers.release(last)
             self._finish(
                 call_id if reply else None,
                 failure,
                 result=outcome,
                 errors=1 if failure else 0,
-                busy_worker=slot.worker_id,
+                busy_worker=last.worker_id if last is not None else None,
             )
 
-    def _execute_guarded(
-        self, slot: AdapterWorker, command: str, args: Any, **call: Any
-    ) -> tuple[AdapterWorker, Any]:
-        """Run on ``slot``; if its process crashes and the tool is idempotent, run it again on
-        another worker (at most ``crash_barrier_max_restarts`` times)."""
+    def _execute_guarded(self, held: list[AdapterWorker], command: str, args: Any,
+                         **call: Any) -> Any:
+        """Run on the held slot; if its process crashes and the tool is idempotent, run it
+        again on another worker (at most ``crash_barrier_max_restarts`` times). A worker found
+        dead before the call reached it just hands the call on: nothing ran."""
         reruns = 0
         while True:
             try:
-                return slot, self.workers.execute_on(slot, command, args, **call)
+                return self.workers.execute_on(held[0], command, args, **call)
+            except WorkerGone:
+                self._switch(held, call["deadline"])
             except WorkerCrashed:
                 limit = self.settings.crash_barrier_max_restarts
                 if not self.is_idempotent(command) or reruns >= limit:
                     raise
                 reruns += 1
-                crashed = slot.worker_id
-                others = len(self.workers.workers) > 1
-                new = self.workers.acquire(call["deadline"], exclude=crashed if others else None)
-                self.workers.release(slot)
-                self._move_busy(crashed, new.worker_id)
+                crashed = held[0].worker_id
+                self._switch(held, call["deadline"])
                 log.warning("re-running idempotent %r of crashed %s on %s", command, crashed,
-                            new.worker_id)
-                slot = new
+                            held[0].worker_id)
+
+    def _stream_guarded(self, held: list[AdapterWorker], command: str, args: Any,
+                        **call: Any) -> Any:
+        """:meth:`_execute_guarded` for streams: only a worker found dead before the call
+        reached it hands the call on (chunks already sent cannot be taken back)."""
+        while True:
+            try:
+                return self.workers.stream_on(held[0], command, args, **call)
+            except WorkerGone:
+                self._switch(held, call["deadline"])
+
+    def _switch(self, held: list[AdapterWorker], deadline: float) -> None:
+        """Give up the held slot, then take one on another worker (or on the same one,
+        restarted, when it is the node's only worker). Empties ``held`` if none comes."""
+        old = held.pop()
+        self.workers.release(old)
+        self._move_busy(old.worker_id, None)
+        others = len(self.workers.workers) > 1
+        new = self.workers.acquire(deadline, exclude=old.worker_id if others else None)
+        held.append(new)
+        self._move_busy(None, new.worker_id)
 
     def is_idempotent(self, command: str) -> bool:
         """Whether this pool's adapter declares ``command`` idempotent (safe to re-run)."""
@@ -231,11 +247,13 @@ class Node:
                 return bool(spec.idempotent)
         return False
 
-    def _move_busy(self, old: str, new: str) -> None:
+    def _move_busy(self, old: str | None, new: str | None) -> None:
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hincrby(keys.busy(self.name), old, -1)
-                pipe.hincrby(keys.busy(self.name), new, 1)
+                if old:
+                    pipe.hincrby(keys.busy(self.name), old, -1)
+                if new:
+                    pipe.hincrby(keys.busy(self.name), new, 1)
                 pipe.execute()
         except Exception:
             log.debug("could not move busy count", exc_info=True)
@@ -434,6 +452,10 @@ class Node:
 
     def _worker_exited(self, worker: AdapterWorker, how: str) -> None:
         """Crash barrier: taint the worker (routing avoids it for a while) and record it."""
+        try:
+            self.health.record_crash(worker.worker_id)
+        except Exception:
+            log.debug("could not record crash of %s", worker.worker_id, exc_info=True)
         if self.settings.crash_barrier_enabled:
             ms = self.settings.crash_barrier_taint_duration_ms
             self.workers.taint(worker.worker_id, ms / 1000)

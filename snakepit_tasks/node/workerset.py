@@ -25,9 +25,23 @@ from ..errors import (
     ToolNotFound,
     WorkerCrashed,
 )
+from .registry import ProcessRegistry
 from .worker import AdapterWorker, WorkerStartError, worker_env
 
 log = logging.getLogger("snakepit_tasks.node")
+
+
+class WorkerGone(Exception):  # noqa: N818 - control flow inside the node
+    """The worker's process had ended before the call reached it: nothing ran, so the call
+    can go to another worker whatever the tool."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.worker_id = worker_id
+
+
+# gRPC details when the call never reached the runtime (its socket was gone).
+_NOT_SENT_MARKERS = ("failed to connect", "connection refused", "no such file")
 
 
 class WorkerSet:
@@ -47,6 +61,10 @@ class WorkerSet:
         self.settings = settings
         self.pool = pool
         self.node_name = node_name
+        self.run_id = run_id
+        self.registry = ProcessRegistry(
+            settings.data_dir or None, settings.instance_name, settings.instance_token
+        )
         self.run_dir = tempfile.mkdtemp(prefix="snakepit-")  # mode 0700
         env = worker_env(dict(os.environ), pool.worker_profile, pool.adapter_env)
         self.workers = [
@@ -81,6 +99,11 @@ class WorkerSet:
         delay_ms = self.pool.startup_batch_delay_ms
         delay = (self.settings.pool_startup_batch_delay_ms if delay_ms is None else delay_ms) / 1000
         timeout = self.settings.pool_startup_timeout / 1000
+        swept = self.registry.sweep(self.run_id)
+        if swept:
+            log.warning("killed %d leftover adapter process(es) of earlier runs: %s",
+                        len(swept), swept)
+        self.registry.begin_run(self.run_id, self.node_name)
         try:
             for first in range(0, len(self.workers), max(1, batch)):
                 if first:
@@ -88,6 +111,7 @@ class WorkerSet:
                 group = self.workers[first : first + batch]
                 for w in group:
                     w.spawn()
+                    self._record(w)
                 errors: list[WorkerStartError] = []
                 for w in group:
                     try:
@@ -122,6 +146,7 @@ class WorkerSet:
             t.start()
         for t in threads:
             t.join(grace + 5)
+        self.registry.end_run(self.run_id)
         try:
             for name in os.listdir(self.run_dir):
                 os.unlink(os.path.join(self.run_dir, name))
@@ -134,6 +159,13 @@ class WorkerSet:
         for w in self.workers:
             w.kill()
 
+    def _record(self, worker: AdapterWorker) -> None:
+        if worker.pid is not None:
+            self.registry.record(
+                worker.pid, run_id=self.run_id, worker_id=worker.worker_id,
+                node_name=self.node_name,
+            )
+
     def _watch(self, worker: AdapterWorker) -> None:
         process = worker.process
         generation = worker.generation
@@ -141,6 +173,7 @@ class WorkerSet:
         def wait_exit() -> None:
             assert process is not None
             code = process.wait()
+            self.registry.forget(process.pid)
             self._exited(worker, generation, code)
 
         threading.Thread(target=wait_exit, name=f"wait-{worker.index}", daemon=True).start()
@@ -183,6 +216,7 @@ class WorkerSet:
                     if self._stopping:
                         return
                     worker.spawn()
+                    self._record(worker)
                 worker.wait_ready(self.settings.pool_startup_timeout / 1000)
             except (WorkerStartError, OSError, grpc.RpcError) as exc:
                 failures[worker.worker_id] = n + 1
@@ -325,6 +359,7 @@ class WorkerSet:
         stub = worker.stub
         generation = worker.generation
         assert stub is not None
+        self._check_alive(worker)
         try:
             response = stub.Execute(request, timeout=remaining)
         except grpc.RpcError as exc:
@@ -333,10 +368,26 @@ class WorkerSet:
             return serialization.decode(response.result.data, response.result.encoding)
         raise error_from_info(response.error, worker.worker_id)
 
+    def _check_alive(self, worker: AdapterWorker) -> None:
+        process = worker.process
+        if process is None or process.poll() is not None:
+            self._mark_dead(worker, worker.generation)
+            raise WorkerGone(worker.worker_id)
+
+    def _mark_dead(self, worker: AdapterWorker, generation: int) -> None:
+        """Stop handing out ``worker`` (its process is gone; the exit watcher restarts it)."""
+        with self._cond:
+            if worker.generation == generation and worker.state in ("ready", "recycling"):
+                worker.state = "dead"
+
     def _rpc_failure(
         self, worker: AdapterWorker, generation: int, tool: str, exc: grpc.RpcError
-    ) -> SnakepitError:
+    ) -> Exception:
         code = exc.code() if hasattr(exc, "code") else None
+        said = str(exc.details() if hasattr(exc, "details") else exc).lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(m in said for m in _NOT_SENT_MARKERS):
+            self._mark_dead(worker, generation)
+            return WorkerGone(worker.worker_id)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             if worker.capacity == 1 and worker.generation == generation:
                 # The tool is still running and owns the process: replace the worker so the
@@ -395,6 +446,7 @@ class WorkerSet:
         assert worker.stub is not None
         generation = worker.generation
         limit = self.settings.stream_max_chunk_bytes
+        self._check_alive(worker)
         rpc = worker.stub.ExecuteStream(request, timeout=remaining)
         watcher = threading.Thread(
             target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True

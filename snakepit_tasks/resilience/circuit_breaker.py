@@ -183,13 +183,22 @@ class CircuitBreaker:
         Pass the token to :meth:`record` (or ``record_success``/``record_failure``) when the
         call ends. Half-open, this takes one of the ``half_open_max_calls`` trial slots.
         """
+        return self.admit()[0]
+
+    def admit(self) -> tuple[str, int]:
+        """:meth:`acquire`, also returning the consecutive failures seen when admitting.
+
+        A success needs recording only when it changes something: a trial token, or failures
+        to reset. Callers on the hot path skip the round trip otherwise (the ``successes``
+        counter then counts only those recorded).
+        """
         reply = self._safely("admit")
         if reply is None:
-            return ""
+            return "", 0
         verdict = text(reply[2])
         if verdict == "":
             raise self._open_error(reply)
-        return "" if verdict == "0" else verdict
+        return ("" if verdict == "0" else verdict), int(reply[4])
 
     def check(self) -> None:
         """Raise :class:`CircuitOpen` if the circuit is open; takes no trial slot.

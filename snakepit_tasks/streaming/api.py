@@ -12,7 +12,7 @@ from celery.result import AsyncResult
 
 from .. import keys, state
 from ..app import default_app
-from ..caller import give_up
+from ..caller import breaker, give_up, guarded
 from ..errors import ExecutionTimeout, QueueTimeout
 from ..tasks import EXECUTE
 from . import entries
@@ -171,6 +171,9 @@ def stream(
     """Start a streaming call; iterate the returned :class:`Stream` for its chunks."""
     the_app = _app(app)
     settings = the_app.snakepit_settings
+    guard = breaker(the_app, pool, command)
+    if guard is not None:
+        guard.check()
     seconds = timeout if timeout else settings.pool_streaming_timeout / 1000
     deadline = time.time() + seconds
     kwargs = {"pool": pool, "timeout": timeout, "deadline": deadline, "stream": True,
@@ -194,17 +197,24 @@ def execute_stream(
     The callback stops the stream by returning :data:`HALT` (the result is then
     ``{"halted": True, "chunks": n}``) or by raising (the exception propagates).
     """
-    call = stream(command, args, pool=pool, timeout=timeout, session_id=session_id, app=app)
-    for chunk in call:
-        try:
-            verdict = callback(chunk)
-        except BaseException:
-            call.close()
-            raise
-        if verdict is HALT:
-            call.close()
-            break
-    return call.result
+    the_app = _app(app)
+
+    def run() -> Any:
+        call = stream(
+            command, args, pool=pool, timeout=timeout, session_id=session_id, app=the_app
+        )
+        for chunk in call:
+            try:
+                verdict = callback(chunk)
+            except BaseException:
+                call.close()
+                raise
+            if verdict is HALT:
+                call.close()
+                break
+        return call.result
+
+    return guarded(the_app, pool, command, run)
 
 
 def execute_in_session_stream(
