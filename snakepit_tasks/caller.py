@@ -145,9 +145,13 @@ def _run_and_wait(
     **options: Any,
 ) -> Any:
     def once() -> Any:
-        return guarded(
-            app, options.get("pool"), command, lambda: _send_and_wait(app, command, args, **options)
-        )
+        with state.redis_errors_as_snakepit(f"running {command!r}"):
+            return guarded(
+                app,
+                options.get("pool"),
+                command,
+                lambda: _send_and_wait(app, command, args, **options),
+            )
 
     return retry.run(once) if retry is not None else once()
 

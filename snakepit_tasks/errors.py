@@ -84,6 +84,11 @@ class ExecutionTimeout(SnakepitError):
     """The call did not finish within its timeout."""
 
 
+class RedisUnavailable(SnakepitError):
+    """Redis (state, broker or result backend) could not be reached; the call's fate is
+    unknown if it was already sent."""
+
+
 class SerializationError(SnakepitError):
     """A value could not be encoded or decoded."""
 
@@ -105,6 +110,7 @@ ERROR_CLASSES: dict[str, type[SnakepitError]] = {
         QueueFull,
         QueueTimeout,
         ExecutionTimeout,
+        RedisUnavailable,
         SerializationError,
     )
 }

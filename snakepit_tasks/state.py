@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
 
 from . import keys
+from .errors import RedisUnavailable
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
@@ -30,6 +33,21 @@ def redis_client(url: str) -> redis.Redis:
 def text(value: bytes | str) -> str:
     """A Redis reply as text."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+@contextlib.contextmanager
+def redis_errors_as_snakepit(doing: str) -> Iterator[None]:
+    """Turn a lost Redis or broker connection into :class:`RedisUnavailable`."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+        raise RedisUnavailable(
+            f"Redis could not be reached while {doing}: {exc}; check that it is running "
+            "(the call may or may not have been sent)",
+            {"error": str(exc)},
+        ) from None
 
 
 def close_clients() -> None:

@@ -18,6 +18,7 @@ from . import keys, routing
 from .app import declare_queue
 from .errors import ConfigurationError, SerializationError, SnakepitError
 from .node.node import Redirect
+from .state import redis_errors_as_snakepit
 
 EXECUTE = "snakepit.execute"
 
@@ -86,12 +87,13 @@ class ExecuteTask(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult:
-        call = routing.prepare(self.app.snakepit_settings, args, kwargs)
-        options.setdefault("queue", call.queue)
-        try:
-            return super().apply_async((), call.kwargs, **options)
-        except EncodeError as exc:
-            raise SerializationError(f"the call could not be encoded: {exc}") from None
+        with redis_errors_as_snakepit("sending the call"):
+            call = routing.prepare(self.app.snakepit_settings, args, kwargs)
+            options.setdefault("queue", call.queue)
+            try:
+                return super().apply_async((), call.kwargs, **options)
+            except EncodeError as exc:
+                raise SerializationError(f"the call could not be encoded: {exc}") from None
 
 
 def __getattr__(name: str) -> Any:
