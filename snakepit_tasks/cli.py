@@ -43,7 +43,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_status(ns: argparse.Namespace) -> int:
     """Print each pool's nodes, workers and counters; exit 1 if a pool has no live node."""
-    from . import caller, state
+    from . import caller, keys, state
     from .app import configure
 
     settings = _settings(ns)
@@ -57,8 +57,12 @@ def cmd_status(ns: argparse.Namespace) -> int:
             f"pool {pool}: nodes={stats['nodes']} workers={stats['workers']} "
             f"busy={stats['busy']} available={stats['available']} queued={stats['queued']} "
             f"requests={stats['requests']} errors={stats['errors']} "
-            f"queue_timeouts={stats['queue_timeouts']}"
+            f"queue_timeouts={stats['queue_timeouts']} pool_saturated={stats['pool_saturated']} "
+            f"circuit={stats['circuit']} healthy={stats['healthy']}"
         )
+        for dead, backlog in sorted(r.hgetall(keys.dead_backlog(pool)).items()):
+            print(f"  dead node {state.text(dead)}: {int(backlog)} message(s) taken over by the "
+                  "janitor at its last sweep")
         for node in state.live_nodes(r, pool):
             for w in node["workers"]:
                 print(f"  {w['id']:<40} pid={w['pid']} state={w['state']} "

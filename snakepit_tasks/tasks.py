@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.result import AsyncResult
 from kombu.exceptions import EncodeError
 
@@ -18,6 +19,7 @@ from . import keys, routing
 from .app import declare_queue
 from .errors import ConfigurationError, SerializationError, SnakepitError
 from .node.node import Redirect
+from .node.workerset import NodeDraining
 from .state import redis_errors_as_snakepit
 
 EXECUTE = "snakepit.execute"
@@ -74,6 +76,12 @@ class ExecuteTask(Task):
                 stream=stream,
                 reply=reply,
             )
+        except NodeDraining:
+            # Not started and this node is stopping: back to the queue for another node (a
+            # pinned call's queue is then handled by the janitor once this node is gone).
+            raise Reject(
+                "node shutting down; the call goes back to its queue", requeue=True
+            ) from None
         except Redirect as moved:
             # Lost a race to bind the session: send the call to the session's worker, under
             # the same task id so the caller's AsyncResult still answers.

@@ -110,7 +110,9 @@ class Node:
             self.janitor.start()
 
     def begin_shutdown(self) -> None:
-        """Celery is shutting down: give calls in flight the grace period, then kill."""
+        """Celery is shutting down: calls not started go back to their queues; calls in
+        flight get the grace period, then their workers are killed."""
+        self.workers.drain()
         grace = self.settings.graceful_shutdown_timeout_ms / 1000
         self._shutdown_timer = threading.Timer(grace, self.workers.kill_all)
         self._shutdown_timer.daemon = True

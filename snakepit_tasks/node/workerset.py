@@ -31,6 +31,10 @@ from .worker import AdapterWorker, WorkerStartError, worker_env
 log = logging.getLogger("snakepit_tasks.node")
 
 
+class NodeDraining(Exception):  # noqa: N818 - control flow inside the node
+    """The node is shutting down: a call that has not started goes back to its queue."""
+
+
 class WorkerGone(Exception):  # noqa: N818 - control flow inside the node
     """The worker's process had ended before the call reached it: nothing ran, so the call
     can go to another worker whatever the tool."""
@@ -84,6 +88,7 @@ class WorkerSet:
         self._restarts: queue.Queue[tuple[AdapterWorker, str] | None] = queue.Queue()
         self._tainted_until: dict[str, float] = {}
         self._stopping = False
+        self._draining = False
         self._on_exit = on_exit
         self._supervisor: threading.Thread | None = None
 
@@ -153,6 +158,12 @@ class WorkerSet:
             os.rmdir(self.run_dir)
         except OSError:
             pass
+
+    def drain(self) -> None:
+        """Take no new calls: calls waiting for a slot leave (their messages are requeued)."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
 
     def kill_all(self) -> None:
         """SIGKILL every worker now (shutdown deadline passed); calls in flight fail."""
@@ -247,8 +258,8 @@ class WorkerSet:
         before ``deadline``; untainted, least-loaded workers first."""
         with self._cond:
             while True:
-                if self._stopping:
-                    raise WorkerCrashed(f"node {self.node_name} is shutting down")
+                if self._stopping or self._draining:
+                    raise NodeDraining(self.node_name)
                 candidates = [
                     w
                     for w in self.workers
