@@ -33,11 +33,16 @@ def execute_async(
     app: Celery | None = None,
 ) -> AsyncResult:
     """Send a call; returns the Celery ``AsyncResult`` (``.get()`` gives the tool's result)."""
-    the_app = _app(app)
-    guard = breaker(the_app, pool, command)
+    return send(_app(app), command, args, pool=pool, timeout=timeout)
+
+
+def send(app: Celery, command: str, args: dict[str, Any] | None, **kwargs: Any) -> AsyncResult:
+    """Send one call whose outcome this process does not wait for here: rejected with
+    CircuitOpen while the pool's breaker is open, and not counted by it."""
+    guard = breaker(app, kwargs.get("pool"), command)
     if guard is not None:
-        guard.check()  # its outcome is never seen here: reject while open, count nothing
-    return the_app.tasks[EXECUTE].apply_async((command, args), {"pool": pool, "timeout": timeout})
+        guard.check()
+    return app.tasks[EXECUTE].apply_async((command, args), kwargs)
 
 
 def execute(
@@ -71,13 +76,9 @@ def execute_in_session_async(
     app: Celery | None = None,
 ) -> AsyncResult:
     """Send a call of session ``session_id``; returns the Celery ``AsyncResult``."""
-    the_app = _app(app)
-    guard = breaker(the_app, pool, command)
-    if guard is not None:
-        guard.check()
-    return the_app.tasks[EXECUTE].apply_async(
-        (command, args),
-        {"pool": pool, "timeout": timeout, "session_id": session_id, "affinity": affinity},
+    return send(
+        _app(app), command, args,
+        pool=pool, timeout=timeout, session_id=session_id, affinity=affinity,
     )
 
 

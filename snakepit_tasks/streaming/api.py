@@ -12,9 +12,8 @@ from celery.result import AsyncResult
 
 from .. import keys, state
 from ..app import default_app
-from ..caller import breaker, give_up, guarded
+from ..caller import give_up, guarded, send
 from ..errors import ExecutionTimeout, QueueTimeout
-from ..tasks import EXECUTE
 from . import entries
 from .reader import reader_for
 
@@ -171,14 +170,12 @@ def stream(
     """Start a streaming call; iterate the returned :class:`Stream` for its chunks."""
     the_app = _app(app)
     settings = the_app.snakepit_settings
-    guard = breaker(the_app, pool, command)
-    if guard is not None:
-        guard.check()
     seconds = timeout if timeout else settings.pool_streaming_timeout / 1000
     deadline = time.time() + seconds
-    kwargs = {"pool": pool, "timeout": timeout, "deadline": deadline, "stream": True,
-              "session_id": session_id}
-    result = the_app.tasks[EXECUTE].apply_async((command, args), kwargs)
+    result = send(
+        the_app, command, args,
+        pool=pool, timeout=timeout, deadline=deadline, stream=True, session_id=session_id,
+    )
     return Stream(result.id, the_app, deadline, async_result=result, pool=pool)
 
 
