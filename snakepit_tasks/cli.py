@@ -107,7 +107,9 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         report(False, "redis reachable", f"{settings.redis_url}: {exc}"
                + (f" (an embedded server is available: {binary})" if binary else ""))
     for pool in settings.pools:
-        error = check_adapter(pool.adapter)
+        error = check_adapter(
+            pool.adapter, adapter_env=pool.adapter_env, profile=pool.worker_profile
+        )
         report(error is None, f"pool {pool.name}: adapter {pool.adapter} imports", error or "")
     return 0 if ok else 1
 

@@ -8,13 +8,26 @@ import sys
 from .node.worker import worker_env
 
 
-def check_adapter(spec: str, timeout: float = 30.0) -> str | None:
-    """None if ``module:Class`` loads as an adapter, else the error text."""
+def check_adapter(
+    spec: str,
+    timeout: float = 30.0,
+    *,
+    adapter_env: dict[str, str] | None = None,
+    profile: str = "process",
+) -> str | None:
+    """None if ``module:Class`` loads as an adapter the way a worker of a pool with this
+    ``profile`` and ``adapter_env`` would load it, else the error text."""
     code = (
         "import sys\n"
         "from snakepit_tasks.bridge.runtime import load_adapter\n"
-        f"load_adapter({spec!r})\n"
+        f"cls = load_adapter({spec!r})\n"
     )
+    if profile == "thread":
+        code += (
+            "if not getattr(cls, '__thread_safe__', False):\n"
+            "    sys.exit('TypeError: not thread-safe, but the pool uses the thread profile: "
+            "subclass ThreadSafeAdapter or set __thread_safe__ = True')\n"
+        )
     import os
 
     proc = subprocess.run(
@@ -22,7 +35,7 @@ def check_adapter(spec: str, timeout: float = 30.0) -> str | None:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=worker_env(dict(os.environ), "process", {}),
+        env=worker_env(dict(os.environ), profile, adapter_env or {}),
     )
     if proc.returncode == 0:
         return None

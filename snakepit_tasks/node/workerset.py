@@ -375,6 +375,9 @@ class WorkerSet:
             response = stub.Execute(request, timeout=remaining)
         except grpc.RpcError as exc:
             raise self._rpc_failure(worker, generation, request.tool, exc) from None
+        except ValueError:  # its channel was closed: the worker is being replaced
+            self._mark_dead(worker, generation)
+            raise WorkerGone(worker.worker_id) from None
         if response.ok:
             return serialization.decode(response.result.data, response.result.encoding)
         raise error_from_info(response.error, worker.worker_id)
@@ -404,6 +407,7 @@ class WorkerSet:
                 # The tool is still running and owns the process: replace the worker so the
                 # slot really becomes free (like a hard time limit).
                 log.warning("call %r timed out on %s; replacing the worker", tool, worker.worker_id)
+                self._mark_dead(worker, generation)
                 worker.kill()
             return ExecutionTimeout(
                 f"call {tool!r} did not finish before its deadline", {"worker_id": worker.worker_id}
@@ -458,7 +462,11 @@ class WorkerSet:
         generation = worker.generation
         limit = self.settings.stream_max_chunk_bytes
         self._check_alive(worker)
-        rpc = worker.stub.ExecuteStream(request, timeout=remaining)
+        try:
+            rpc = worker.stub.ExecuteStream(request, timeout=remaining)
+        except ValueError:  # its channel was closed: the worker is being replaced
+            self._mark_dead(worker, generation)
+            raise WorkerGone(worker.worker_id) from None
         watcher = threading.Thread(
             target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True
         )

@@ -1,0 +1,22 @@
+"""Integration tests: a real Redis, real Celery nodes, real adapter runtimes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_liveness() -> Iterator[None]:
+    from snakepit_tasks import routing
+
+    routing.forget_liveness()
+    yield
+    routing.forget_liveness()
