@@ -29,6 +29,32 @@ def derive_ratios(results: dict[str, Any]) -> dict[str, Any]:
             out["snakepit_minus_raw_celery_minus_grpc_median_ms"] = round(
                 extra - grpc["median_ms"], 4
             )
+    ses = rt.get("snakepit_session", {})
+    if ses:
+        out["session_vs_plain_median"] = ratio(ses.get("median_ms"), sp.get("median_ms"))
+        out["session_vs_plain_p99"] = ratio(ses.get("p99_ms"), sp.get("p99_ms"))
+        out["session_vs_raw_celery_median"] = ratio(ses.get("median_ms"), raw.get("median_ms"))
+        out["session_vs_raw_celery_p99"] = ratio(ses.get("p99_ms"), raw.get("p99_ms"))
+        if ses.get("median_ms") is not None and sp.get("median_ms") is not None:
+            out["session_minus_plain_median_ms"] = round(ses["median_ms"] - sp["median_ms"], 4)
+    st = results.get("streaming", {})
+    stp = st.get("throughput", {})
+    s_tp, g_tp = stp.get("snakepit", {}), stp.get("raw_grpc", {})
+    if s_tp and g_tp:
+        out["stream_throughput_vs_grpc"] = ratio(s_tp.get("chunks_per_s"), g_tp.get("chunks_per_s"))
+    lat = st.get("latency", {})
+    s_lat, g_lat, r_lat = lat.get("snakepit", {}), lat.get("raw_grpc", {}), lat.get("redis_stream")
+    if s_lat and g_lat:
+        out["stream_latency_vs_grpc_median"] = ratio(s_lat.get("median_ms"), g_lat.get("median_ms"))
+        out["stream_latency_vs_grpc_p99"] = ratio(s_lat.get("p99_ms"), g_lat.get("p99_ms"))
+        out["stream_first_chunk_vs_grpc"] = ratio(
+            s_lat.get("first_chunk_median_ms"), g_lat.get("first_chunk_median_ms")
+        )
+        if r_lat and None not in (s_lat.get("median_ms"), g_lat.get("median_ms")):
+            # What neither hop explains: the node's and the caller's thread hand-offs, decoding.
+            out["stream_latency_minus_grpc_and_redis_hops_median_ms"] = round(
+                s_lat["median_ms"] - g_lat["median_ms"] - r_lat["median_ms"], 4
+            )
     return out
 
 
@@ -93,6 +119,18 @@ def text_report(results: dict[str, Any]) -> str:
                     else ""
                 )
             )
+        if "session_vs_plain_median" in r:
+            lines.append(
+                f"  {'session / plain execute':44} {_x(r['session_vs_plain_median']):>8} "
+                f"{'':>8} {_x(r['session_vs_plain_p99']):>8}"
+            )
+            lines.append(
+                f"  {'session / raw Celery':44} {_x(r['session_vs_raw_celery_median']):>8} "
+                f"{'':>8} {_x(r['session_vs_raw_celery_p99']):>8}"
+            )
+        ses = results.get("sessions")
+        if ses:
+            lines.append(f"  {_session_sanity(ses)}")
         lines.append("")
     tp = results.get("throughput")
     if tp:
@@ -110,6 +148,7 @@ def text_report(results: dict[str, Any]) -> str:
             )
         lines.append(f"  {'snakepit / raw Celery':44} {_x(results['ratios']['throughput']):>8}")
         lines.append("")
+    lines += _stream_lines(results)
     st = results.get("startup")
     if st:
         lines.append(
@@ -142,6 +181,113 @@ def text_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _session_sanity(ses: dict[str, Any]) -> str:
+    ids = ", ".join(ses["worker_ids"]) or "none"
+    plain = ", ".join(ses.get("plain_worker_ids", [])) or "none"
+    verdict = "OK" if ses["workers_used"] == 1 and ses["worker_ids"] == [
+        ses.get("bound_worker")
+    ] else "NOT ONE WORKER"
+    return (
+        f"sessions: {ses['calls']:,} calls of one session ran on {ses['workers_used']} "
+        f"worker(s) ({ids}; bound to {ses.get('bound_worker')}) of {ses['pool_workers']} — "
+        f"{verdict}; plain execute calls ran on {plain}"
+    )
+
+
+def _stream_lines(results: dict[str, Any]) -> list[str]:
+    st = results.get("streaming")
+    if not st:
+        return []
+    s, r = results["settings"], results["ratios"]
+    lines: list[str] = []
+    tp = st.get("throughput")
+    if tp:
+        lines.append(
+            f"Streaming throughput: one stream_count stream of {s['stream_chunks']:,} chunks "
+            f"consumed by a callback (median of {s['stream_rounds']} round(s)):"
+        )
+        lines.append(f"  {'':44} {'chunks/s':>9} {'steady/s':>9}")
+        for row in tp.values():
+            lines.append(
+                f"  {row['label']:44} {_rate(row['chunks_per_s']):>9} "
+                f"{_rate(row['steady_chunks_per_s']):>9}"
+            )
+        lines.append(f"  {'snakepit / raw gRPC':44} {_x(r.get('stream_throughput_vs_grpc')):>9}")
+        lines.append("")
+    lat = st.get("latency")
+    if lat:
+        lines.append(
+            f"Chunk latency, tool's yield → caller's callback ({s['latency_streams']} streams of "
+            f"{s['latency_chunks']} chunks {s['latency_delay_ms']:g} ms apart x "
+            f"{s['latency_rounds']} round(s)), ms; 1st chunk: call → first chunk in hand:"
+        )
+        lines.append(
+            f"  {'':52} {'median':>8} {'p90':>8} {'p99':>8} {'max':>8} {'1st chunk':>9}"
+        )
+        for row in lat.values():
+            lines.append(
+                f"  {row['label']:52} {_ms(row['median_ms']):>8} {_ms(row['p90_ms']):>8} "
+                f"{_ms(row['p99_ms']):>8} {_ms(row['max_ms']):>8} "
+                f"{_ms(row.get('first_chunk_median_ms')):>9}"
+            )
+        lines.append(
+            f"  {'snakepit / raw gRPC':52} {_x(r.get('stream_latency_vs_grpc_median')):>8} "
+            f"{'':>8} {_x(r.get('stream_latency_vs_grpc_p99')):>8} {'':>8} "
+            f"{_x(r.get('stream_first_chunk_vs_grpc')):>9}"
+        )
+        rest = r.get("stream_latency_minus_grpc_and_redis_hops_median_ms")
+        if rest is not None:
+            lines.append(
+                f"  snakepit median − gRPC stream − Redis hop = {rest:.2f} ms (the node's and "
+                "the caller's thread hand-offs, decoding)"
+            )
+        lines.append("")
+    return lines
+
+
+def _stream_markdown(results: dict[str, Any]) -> list[str]:
+    st = results.get("streaming")
+    if not st:
+        return []
+    s, r = results["settings"], results.get("ratios", {})
+    rows = [
+        "| streaming | snakepit-tasks | raw gRPC server stream | snakepit / gRPC |",
+        "|---|---|---|---|",
+    ]
+    tp = st.get("throughput", {})
+    sp, g = tp.get("snakepit"), tp.get("raw_grpc")
+    if sp and g:
+        rows.append(
+            f"| chunk throughput, one stream of {s['stream_chunks']:,} chunks | "
+            f"{_rate(sp['chunks_per_s'])} chunks/s | {_rate(g['chunks_per_s'])} chunks/s | "
+            f"{_x(r.get('stream_throughput_vs_grpc'))} |"
+        )
+    lat = st.get("latency", {})
+    sp, g = lat.get("snakepit"), lat.get("raw_grpc")
+    if sp and g:
+        rows.append(
+            f"| chunk latency, yield → callback ({s['latency_delay_ms']:g} ms apart), median | "
+            f"{_ms(sp['median_ms'])} ms | {_ms(g['median_ms'])} ms | "
+            f"{_x(r.get('stream_latency_vs_grpc_median'))} |"
+        )
+        rows.append(
+            f"| chunk latency, p99 | {_ms(sp['p99_ms'])} ms | {_ms(g['p99_ms'])} ms | "
+            f"{_x(r.get('stream_latency_vs_grpc_p99'))} |"
+        )
+        rows.append(
+            f"| streaming call → first chunk in hand, median of {sp['streams']} | "
+            f"{_ms(sp['first_chunk_median_ms'])} ms | {_ms(g['first_chunk_median_ms'])} ms | "
+            f"{_x(r.get('stream_first_chunk_vs_grpc'))} |"
+        )
+    hop = lat.get("redis_stream")
+    if hop:
+        rows.append(
+            f"| Redis XADD → blocked XREAD alone, median / p99 | {_ms(hop['median_ms'])} / "
+            f"{_ms(hop['p99_ms'])} ms | | |"
+        )
+    return ["", *rows] if len(rows) > 2 else []
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     """A table to paste into the README."""
     m = results["machine"]
@@ -165,6 +311,23 @@ def markdown_report(results: dict[str, Any]) -> str:
             f"{raw['redis_commands_per_call']:.0f} | "
             f"{_x(ratio(sp['redis_commands_per_call'], raw['redis_commands_per_call']))} |"
         )
+    ses = rt.get("snakepit_session")
+    if ses and raw:
+        rows.append(
+            f"| round trip `execute_in_session(sid, \"ping\")`, median | "
+            f"{_ms(ses['median_ms'])} ms | {_ms(raw['median_ms'])} ms | "
+            f"{_x(r.get('session_vs_raw_celery_median'))} |"
+        )
+        rows.append(
+            f"| round trip in a session, p99 | {_ms(ses['p99_ms'])} ms | {_ms(raw['p99_ms'])} ms "
+            f"| {_x(r.get('session_vs_raw_celery_p99'))} |"
+        )
+        if ses.get("redis_commands_per_call") and raw.get("redis_commands_per_call"):
+            rows.append(
+                f"| Redis commands per `execute_in_session(\"ping\")` | "
+                f"{ses['redis_commands_per_call']:.0f} | {raw['redis_commands_per_call']:.0f} | "
+                f"{_x(ratio(ses['redis_commands_per_call'], raw['redis_commands_per_call']))} |"
+            )
     if tp.get("snakepit") and tp.get("raw_celery"):
         n = tp["snakepit"]["calls"]
         rows.append(
@@ -193,13 +356,23 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"| start-up, {row['workers']} workers ready (first call) | {mine} | {theirs} "
                 f"| {rel} |"
             )
+    notes = []
+    if "session_vs_plain_median" in r:
+        notes.append(
+            f"In a session: {_x(r['session_vs_plain_median'])} the median and "
+            f"{_x(r['session_vs_plain_p99'])} the p99 of a plain `execute(\"ping\")` "
+            f"(+{r['session_minus_plain_median_ms']:.2f} ms); "
+            + (_session_sanity(results["sessions"]) if results.get("sessions") else "")
+            + "."
+        )
+    rows += _stream_markdown(results)
     caption = (
         f"Measured by `python -m bench.run_all{' --quick' if results['quick'] else ''}` on "
         f"{m['nproc']} CPU(s) ({m['cpu_model']}), "
         f"Python {m['python']}, Celery {m['packages'].get('celery')}, "
         f"Redis {m['redis_server']}, {m['date'][:10]}; compare ratios, not absolute times."
     )
-    return "\n".join(rows) + "\n\n" + caption + "\n"
+    return "\n".join(rows) + "\n\n" + "".join(n + "\n\n" for n in notes) + caption + "\n"
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

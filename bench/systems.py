@@ -1,7 +1,8 @@
 """The systems under test: a snakepit node, a raw Celery worker, one adapter runtime.
 
 Each is started for real (subprocesses on a real Redis) and offered as a :class:`Target`: a
-synchronous call, and for the Celery ones an asynchronous send whose result is ``.get()``.
+synchronous call, and for the Celery ones an asynchronous send whose result is ``.get()``;
+for streaming, as a :class:`StreamSource` (one streaming call, each chunk to a callback).
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from snakepit_tasks import caller, state
+from snakepit_tasks import caller, serialization, state
 from snakepit_tasks._proto import bridge_pb2 as pb
 from snakepit_tasks.node.worker import AdapterWorker, worker_env
+from snakepit_tasks.streaming import api as streaming
 
 from . import raw_celery_app
 from .procs import ROOT, BenchError, Child, Processes
 
 ADAPTER = "adapters.showcase:ShowcaseAdapter"
+# The showcase tools plus ``timed`` (chunks stamped with their yield time): bench/stream_adapter.py
+STREAM_ADAPTER = "bench.stream_adapter:TimedStreamAdapter"
 CELERY_FLAGS = ("-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat")
 
 
@@ -40,10 +44,22 @@ class Target:
     call: Callable[[], Any]
     send: Callable[[], Any] | None = None
     worker_of: Callable[[Any], Any] = lambda result: None
+    # Worker ids that answered ``call()`` (filled by targets that record them).
+    seen: set[Any] = field(default_factory=set)
 
 
-def pools_config(pool: str, size: int) -> list[dict[str, Any]]:
-    return [{"name": pool, "adapter": ADAPTER, "pool_size": size}]
+@dataclass
+class StreamSource:
+    """Something that streams: ``run(tool, args, on_chunk)`` makes one streaming call, hands
+    each chunk (a dict) to ``on_chunk`` as it arrives, and returns the final result."""
+
+    key: str
+    label: str
+    run: Callable[[str, dict[str, Any], Callable[[dict[str, Any]], Any]], Any]
+
+
+def pools_config(pool: str, size: int, adapter: str = ADAPTER) -> list[dict[str, Any]]:
+    return [{"name": pool, "adapter": adapter, "pool_size": size}]
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -60,14 +76,27 @@ def _check_pong(result: Any, what: str) -> None:
 
 
 # -- snakepit ----------------------------------------------------------------------------------
-def start_node(procs: Processes, redis_url: str, pool: str, size: int, hostname: str) -> Child:
-    """Start a snakepit node process serving ``pool`` with ``size`` workers (no waiting)."""
+def start_node(
+    procs: Processes,
+    redis_url: str,
+    pool: str,
+    size: int,
+    hostname: str,
+    adapter: str = ADAPTER,
+    settings: dict[str, str] | None = None,
+) -> Child:
+    """Start a snakepit node process serving ``pool`` with ``size`` workers (no waiting).
+
+    ``settings``: more ``SNAKEPIT_*`` variables for the node, e.g. ``{"STREAM_MAX_LEN": "40000"}``.
+    """
     cmd = [
         sys.executable, "-m", "celery", "-A", "snakepit_tasks.node.entry", "worker",
         "-n", hostname, "--snakepit-pool", pool, *CELERY_FLAGS,
     ]
     env = _child_env(
-        SNAKEPIT_REDIS_URL=redis_url, SNAKEPIT_POOLS=json.dumps(pools_config(pool, size))
+        SNAKEPIT_REDIS_URL=redis_url,
+        SNAKEPIT_POOLS=json.dumps(pools_config(pool, size, adapter)),
+        **{f"SNAKEPIT_{name}": value for name, value in (settings or {}).items()},
     )
     return procs.start(f"node-{hostname.split('@')[0]}", cmd, env)
 
@@ -101,9 +130,12 @@ def wait_workers_ready(
 
 
 def snakepit_target(app: Celery, pool: str) -> Target:
+    seen: set[Any] = set()
+
     def call() -> Any:
         result = caller.execute("ping", pool=pool, app=app)
         _check_pong(result, "snakepit execute('ping')")
+        seen.add(result.get("worker_id"))
         return result
 
     def send() -> Any:
@@ -115,7 +147,38 @@ def snakepit_target(app: Celery, pool: str) -> Target:
         call,
         send,
         worker_of=lambda result: result.get("pid"),
+        seen=seen,
     )
+
+
+def session_target(app: Celery, pool: str, session_id: str) -> Target:
+    """``execute_in_session(session_id, "ping")``; bind the session before timing it."""
+    seen: set[Any] = set()
+
+    def call() -> Any:
+        result = caller.execute_in_session(session_id, "ping", pool=pool, app=app)
+        _check_pong(result, "snakepit execute_in_session('ping')")
+        if result.get("session_id") != session_id:
+            raise BenchError(f"a call of session {session_id!r} ran as {result!r}")
+        seen.add(result.get("worker_id"))
+        return result
+
+    return Target(
+        "snakepit_session",
+        'snakepit execute_in_session(sid, "ping")',
+        call,
+        worker_of=lambda result: result.get("worker_id"),
+        seen=seen,
+    )
+
+
+def snakepit_stream_source(app: Celery, pool: str) -> StreamSource:
+    """``execute_stream`` on ``pool``: runtime → node → Redis stream → the caller's reader."""
+
+    def run(tool: str, args: dict[str, Any], on_chunk: Callable[[dict[str, Any]], Any]) -> Any:
+        return streaming.execute_stream(tool, args, on_chunk, pool=pool, app=app, timeout=120)
+
+    return StreamSource("snakepit", f"snakepit execute_stream (pool {pool})", run)
 
 
 # -- raw Celery -------------------------------------------------------------------------------
@@ -173,13 +236,13 @@ def wait_first_result(target: Target, child: Child, timeout: float = 60.0) -> An
 class Runtime:
     """One adapter runtime process (what a node runs per worker), owned by this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapter: str = ADAPTER, name: str = "direct") -> None:
         self.run_dir = tempfile.mkdtemp(prefix="snakepit-bench-rt-")
         env = worker_env(_child_env(), "process", {})
         self.worker = AdapterWorker(
-            worker_id="bench-direct/0",
+            worker_id=f"bench-{name}/0",
             index=0,
-            adapter=ADAPTER,
+            adapter=adapter,
             capacity=1,
             run_dir=self.run_dir,
             run_id="bench",
@@ -220,6 +283,32 @@ class Runtime:
             Target("grpc_ping", "raw gRPC Ping (unary, unix socket)", ping),
             Target("grpc_execute", 'raw gRPC Execute("ping") to one runtime', execute),
         ]
+
+    def stream_source(self) -> StreamSource:
+        """The runtime's ``ExecuteStream`` (a gRPC server stream) called directly, each chunk
+        decoded to a dict as snakepit's caller does: the floor of any streamed chunk."""
+        stub = self.worker.stub
+        assert stub is not None
+        decode = serialization.decode
+
+        def run(tool: str, args: dict[str, Any], on_chunk: Callable[[dict[str, Any]], Any]) -> Any:
+            request = pb.ExecuteRequest(
+                call_id="bench-stream",
+                tool=tool,
+                args=pb.Payload(data=serialization.encode_args(args), encoding="json"),
+            )
+            for message in stub.ExecuteStream(request, timeout=120):
+                if message.is_final:
+                    if message.HasField("error") and message.error.kind:
+                        raise BenchError(f"raw ExecuteStream({tool!r}) failed: {message.error}")
+                    return decode(message.result.data, message.result.encoding)
+                value = decode(message.data.data, message.data.encoding)
+                chunk = dict(value) if isinstance(value, dict) else {"data": value}
+                chunk["_metadata"] = {"seq": message.seq}
+                on_chunk(chunk)
+            raise BenchError(f"raw ExecuteStream({tool!r}) ended without a final message")
+
+        return StreamSource("raw_grpc", "raw gRPC ExecuteStream to one runtime", run)
 
 
 def redis_target(redis_url: str) -> Target:

@@ -84,6 +84,11 @@ class ExecutionTimeout(SnakepitError):
     """The call did not finish within its timeout."""
 
 
+class StreamTruncated(SnakepitError):
+    """Chunks of a stream were trimmed before this reader got them (it attached too late or
+    fell more than ``stream_max_len`` chunks behind without a live reader's backpressure)."""
+
+
 class RedisUnavailable(SnakepitError):
     """Redis (state, broker or result backend) could not be reached; the call's fate is
     unknown if it was already sent."""
@@ -111,6 +116,7 @@ ERROR_CLASSES: dict[str, type[SnakepitError]] = {
         QueueTimeout,
         ExecutionTimeout,
         RedisUnavailable,
+        StreamTruncated,
         SerializationError,
     )
 }

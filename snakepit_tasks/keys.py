@@ -130,3 +130,8 @@ def circuit_trials(name: str, tool: str | None = None) -> str:
 def health(pool: str) -> str:
     """Sorted set of ``pool``'s recent worker crashes, scored by time (ms): the health window."""
     return f"{PREFIX}:health:{pool}"
+
+
+def stream_ack(call_id: str) -> str:
+    """The last chunk a reader of the call's stream has consumed (backpressure)."""
+    return f"{PREFIX}:stream:{call_id}:ack"

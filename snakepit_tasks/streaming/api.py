@@ -13,11 +13,12 @@ from celery.result import AsyncResult
 from .. import keys, state
 from ..app import default_app
 from ..caller import give_up, guarded, send
-from ..errors import ExecutionTimeout, QueueTimeout
+from ..errors import ExecutionTimeout, QueueTimeout, StreamTruncated
 from . import entries
 from .reader import reader_for
 
 HALT_WAIT_SECONDS = 5.0
+ACK_EVERY = 64
 
 
 class _Halt:
@@ -57,11 +58,13 @@ class Stream:
         self.done = False
         self.pool = pool
         self._started = False
+        self._seq = after
         settings = app.snakepit_settings
         self._redis = state.redis_client(settings.redis_url)
         self._reader = reader_for(settings.redis_url)
         self._key = keys.stream(call_id)
         self._queue = self._reader.subscribe(self._key, keys.chunk_id(after))
+        self._ack()  # a live reader: the node keeps within a window of it
 
     @property
     def id(self) -> str:
@@ -81,7 +84,25 @@ class Stream:
         if entries.FINAL in fields:
             self._finish(fields)
             raise StopIteration
-        return entries.to_chunk(entry_id, fields, self.call_id)
+        chunk = entries.to_chunk(entry_id, fields, self.call_id)
+        seq = chunk["_metadata"]["seq"]
+        if seq != self._seq + 1:
+            self.done = True
+            self._reader.unsubscribe(self._key)
+            raise StreamTruncated(
+                f"chunks {self._seq + 1}..{seq - 1} of stream {self.call_id} were trimmed "
+                "before this reader got them (stream_max_len / stream_retention)",
+                {"task_id": self.call_id, "missing_from": self._seq + 1, "missing_to": seq - 1},
+            )
+        self._seq = seq
+        if seq % ACK_EVERY == 0:
+            self._ack()
+        return chunk
+
+    def _ack(self) -> None:
+        """Tell the node how far this reader got (it stays within a window ahead)."""
+        ttl = max(60, int(self.deadline - time.time()) + 60)
+        self._redis.set(keys.stream_ack(self.call_id), self._seq, ex=ttl)
 
     def _first_entry(self) -> tuple[bytes, dict[bytes, bytes]]:
         # A call that no worker takes within pool_queue_timeout fails and never runs.

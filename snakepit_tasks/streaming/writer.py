@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 import redis
@@ -40,6 +41,10 @@ class ChunkWriter:
         self.r = r
         self.key = keys.stream(call_id)
         self.cancel_key = keys.stream_cancel(call_id)
+        self.ack_key = keys.stream_ack(call_id)
+        # Stay at most this far ahead of a reader that acknowledges what it consumed, so the
+        # stream is never trimmed under a live reader.
+        self.window = max(1, max_len // 2)
         self.max_len = max_len
         self.retention = retention
         self.ttl = max(ttl, retention)
@@ -87,13 +92,34 @@ class ChunkWriter:
                     )
                 pipe.expire(self.key, self.ttl)
                 pipe.exists(self.cancel_key)
+                pipe.get(self.ack_key)
                 replies = pipe.execute()
             self.last_seq = chunks[-1][0]
-            if replies[-1]:
+            if replies[-2]:
                 self.cancelled.set()
+            acked = replies[-1]
+            if acked is not None and self.last_seq - int(acked) > self.window:
+                self._wait_for_reader()
         except redis.RedisError as exc:
             self._error = exc
             log.warning("could not write chunks of %s: %s", self.key, exc)
+
+    def _wait_for_reader(self) -> None:
+        """Backpressure: pause (and with the bounded queue, gRPC flow control pauses the tool)
+        until the reader is within the window again, it goes away, or the call is cancelled."""
+        while not self.cancelled.is_set():
+            time.sleep(0.02)
+            try:
+                with self.r.pipeline(transaction=False) as pipe:
+                    pipe.get(self.ack_key)
+                    pipe.exists(self.cancel_key)
+                    acked, cancel = pipe.execute()
+            except redis.RedisError:
+                return
+            if cancel:
+                self.cancelled.set()
+            if acked is None or self.last_seq - int(acked) <= self.window:
+                return
 
     def _check_cancel(self) -> None:
         try:
@@ -110,7 +136,7 @@ class ChunkWriter:
         with self.r.pipeline(transaction=False) as pipe:
             pipe.xadd(self.key, fields, id=keys.chunk_id(self.last_seq + 1))  # type: ignore[arg-type]
             pipe.expire(self.key, self.retention)
-            pipe.delete(self.cancel_key)
+            pipe.delete(self.cancel_key, self.ack_key)
             pipe.execute()
 
     def finish(self, result: Any) -> None:
