@@ -18,7 +18,7 @@ from . import entries
 from .reader import reader_for
 
 HALT_WAIT_SECONDS = 5.0
-ACK_EVERY = 64
+ACK_EVERY = 32
 
 
 class _Halt:
@@ -95,7 +95,7 @@ class Stream:
                 {"task_id": self.call_id, "missing_from": self._seq + 1, "missing_to": seq - 1},
             )
         self._seq = seq
-        if seq % ACK_EVERY == 0:
+        if seq % ACK_EVERY == 0 or self._queue.empty():  # every so often, and when caught up
             self._ack()
         return chunk
 

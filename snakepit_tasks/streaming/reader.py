@@ -61,6 +61,7 @@ class StreamReader:
 
     def _run(self) -> None:
         wake_last: bytes | str = "0-0"
+        failing = False
         while True:
             with self._lock:
                 streams: dict[Any, Any] = {k: v[0] for k, v in self._subs.items()}
@@ -68,9 +69,13 @@ class StreamReader:
             try:
                 reply: Any = self.client.xread(streams, count=1000, block=BLOCK_MS)
             except redis.RedisError as exc:
-                log.warning("stream reader: %s; retrying", exc)
+                (log.debug if failing else log.warning)("stream reader: %s; retrying", exc)
+                failing = True
                 time.sleep(0.5)
                 continue
+            if failing:
+                log.warning("stream reader: Redis is back")
+                failing = False
             for raw_key, items in reply or ():
                 key = state.text(raw_key)
                 if key == self.wake_key:

@@ -42,9 +42,10 @@ class ChunkWriter:
         self.key = keys.stream(call_id)
         self.cancel_key = keys.stream_cancel(call_id)
         self.ack_key = keys.stream_ack(call_id)
-        # Stay at most this far ahead of a reader that acknowledges what it consumed, so the
-        # stream is never trimmed under a live reader.
-        self.window = max(1, max_len // 2)
+        # Never write more than max_len chunks past what a live reader acknowledged, so the
+        # stream is never trimmed under it; write in batches of at most half that.
+        self.batch = max(1, min(BATCH, max_len // 2))
+        self._acked: int | None = None  # the reader's position, once one is attached
         self.max_len = max_len
         self.retention = retention
         self.ttl = max(ttl, retention)
@@ -67,7 +68,7 @@ class ChunkWriter:
                 self._check_cancel()
                 continue
             batch = [item]
-            while len(batch) < BATCH and item is not _STOP:
+            while len(batch) < self.batch and item is not _STOP:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -80,6 +81,8 @@ class ChunkWriter:
                 return
 
     def _flush(self, chunks: list[tuple[int, bytes]]) -> None:
+        if self._acked is not None and chunks[-1][0] - self._acked > self.max_len:
+            self._wait_for_reader(chunks[-1][0])
         try:
             with self.r.pipeline(transaction=False) as pipe:
                 for seq, data in chunks:
@@ -97,16 +100,15 @@ class ChunkWriter:
             self.last_seq = chunks[-1][0]
             if replies[-2]:
                 self.cancelled.set()
-            acked = replies[-1]
-            if acked is not None and self.last_seq - int(acked) > self.window:
-                self._wait_for_reader()
+            self._acked = None if replies[-1] is None else int(replies[-1])
         except redis.RedisError as exc:
             self._error = exc
             log.warning("could not write chunks of %s: %s", self.key, exc)
 
-    def _wait_for_reader(self) -> None:
-        """Backpressure: pause (and with the bounded queue, gRPC flow control pauses the tool)
-        until the reader is within the window again, it goes away, or the call is cancelled."""
+    def _wait_for_reader(self, upto: int) -> None:
+        """Backpressure: before writing up to chunk ``upto``, pause (and with the bounded
+        queue, gRPC flow control pauses the tool) until the reader is within the window, it
+        goes away, or the call is cancelled. The stream is then never trimmed under it."""
         while not self.cancelled.is_set():
             time.sleep(0.02)
             try:
@@ -118,7 +120,8 @@ class ChunkWriter:
                 return
             if cancel:
                 self.cancelled.set()
-            if acked is None or self.last_seq - int(acked) <= self.window:
+            self._acked = None if acked is None else int(acked)
+            if self._acked is None or upto - self._acked <= self.max_len:
                 return
 
     def _check_cancel(self) -> None:
