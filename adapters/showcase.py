@@ -50,6 +50,13 @@ class ShowcaseAdapter(BaseAdapter):
         time.sleep(float(seconds))
         return {"slept": seconds, "pid": os.getpid(), "worker_id": self.session_context.worker_id}
 
+    @tool(description="Stay busy for a number of seconds (not idempotent: never re-run)")
+    def spin(self, seconds: float = 1.0) -> dict[str, Any]:
+        deadline = time.monotonic() + float(seconds)
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"spun": seconds, "pid": os.getpid(), "worker_id": self.session_context.worker_id}
+
     @tool(description="Raise a builtin exception of the given type")
     def fail(self, message: str = "failure requested", kind: str = "ValueError") -> None:
         exc_type = getattr(builtins, kind, None)

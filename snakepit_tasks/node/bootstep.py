@@ -36,9 +36,12 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         **kwargs: Any,
     ) -> None:
         from ..app import declare_queue
+        from .kombu_fixes import install
 
         app = worker.app
         settings = app.snakepit_settings
+        if settings.broker.startswith(("redis://", "rediss://", "unix://")):
+            install(settings.broker)
         name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
         self.pool = settings.pool(name)
         self.node: Node | None = None

@@ -188,7 +188,9 @@ class Janitor:
                 f"the node running call {command!r} died; it is not re-run because the tool is "
                 "not idempotent", {"call_id": call_id}))
             return
-        kwargs = dict(kwargs, worker=None, fallback=False)
+        # Re-queued: its wait for a worker starts again (a node would otherwise see it as
+        # having waited too long already).
+        kwargs = dict(kwargs, worker=None, fallback=False, enqueued_at=time.time())
         pool_queue = keys.pool_queue(kwargs.get("pool") or self.pool)
         self.r.rpush(pool_queue, encode_message(message, kwargs, pool_queue))  # runs next
         log.info("janitor: re-routed call %s (%s) to %s", call_id, command, pool_queue)

@@ -211,6 +211,7 @@ class Node:
             except WorkerGone:
                 self._switch(held, call["deadline"])
             except WorkerCrashed:
+                self._taint(held[0])  # at once: the caller may route again right away
                 limit = self.settings.crash_barrier_max_restarts
                 if not self.is_idempotent(command) or reruns >= limit:
                     raise
@@ -452,19 +453,24 @@ class Node:
         }
         return fields, self.workers.snapshot()
 
+    def _taint(self, worker: AdapterWorker, how: str = "crashed") -> None:
+        """Crash barrier: routing avoids ``worker`` for crash_barrier_taint_duration_ms."""
+        if not self.settings.crash_barrier_enabled:
+            return
+        ms = self.settings.crash_barrier_taint_duration_ms
+        self.workers.taint(worker.worker_id, ms / 1000)
+        try:
+            self.redis.set(keys.taint(worker.worker_id), how, px=ms)
+        except Exception:
+            log.debug("could not taint %s", worker.worker_id, exc_info=True)
+
     def _worker_exited(self, worker: AdapterWorker, how: str) -> None:
         """Crash barrier: taint the worker (routing avoids it for a while) and record it."""
         try:
             self.health.record_crash(worker.worker_id)
         except Exception:
             log.debug("could not record crash of %s", worker.worker_id, exc_info=True)
-        if self.settings.crash_barrier_enabled:
-            ms = self.settings.crash_barrier_taint_duration_ms
-            self.workers.taint(worker.worker_id, ms / 1000)
-            try:
-                self.redis.set(keys.taint(worker.worker_id), how, px=ms)
-            except Exception:
-                log.debug("could not taint %s", worker.worker_id, exc_info=True)
+        self._taint(worker, how)
         if not self.lease.running:
             return
         try:
