@@ -334,6 +334,12 @@ def _build(values: dict[str, Any]) -> Settings:
         raise ConfigurationError(
             f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {settings.affinity!r}"
         )
+    for p in settings.pools:
+        if p.pool_size > settings.pool_max_workers:
+            raise ConfigurationError(
+                f"pool {p.name!r}: pool_size {p.pool_size} is over pool_max_workers "
+                f"({settings.pool_max_workers})"
+            )
     if settings.default_pool and settings.default_pool not in names:
         raise ConfigurationError(
             f"default_pool {settings.default_pool!r} is not one of the configured pools: "

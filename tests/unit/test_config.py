@@ -390,3 +390,9 @@ def test_settings_pool_unknown_name() -> None:
 def test_pool_config_objects_are_accepted() -> None:
     s = load_settings(pools=[PoolConfig(name="obj", pool_size=4)])
     assert s.pool("obj").pool_size == 4
+
+
+def test_pool_size_over_pool_max_workers_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match="pool_max_workers"):
+        load_settings(pools=[{"name": "big", "pool_size": 200}])
+    assert load_settings(pools=[{"name": "big", "pool_size": 200}], pool_max_workers=200)
