@@ -27,7 +27,7 @@ from ..resilience import HealthMonitor
 from ..sessions import CLEANUP_COMMAND
 from ..streaming.writer import ChunkWriter
 from .worker import AdapterWorker
-from .workerset import WorkerGone, WorkerSet
+from .workerset import NodeDraining, WorkerGone, WorkerSet
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -167,6 +167,7 @@ class Node:
         held = [slot]  # the slot this call holds now (a re-run may move it)
         outcome: Any = None
         failure: BaseException | None = None
+        requeued = False
         try:
             call = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
             if writer is None:
@@ -182,6 +183,9 @@ class Node:
             if writer:
                 writer.fail(exc)
             raise
+        except NodeDraining:
+            requeued = True  # goes back to its queue: no reply, no final entry yet
+            raise
         except BaseException as exc:
             failure = SnakepitError(f"the call failed on the node: {exc!r}")
             if writer:
@@ -192,10 +196,11 @@ class Node:
             if last is not None:
                 self.workers.release(last)
             self._finish(
-                call_id if reply else None,
+                call_id if reply and not requeued else None,
                 failure,
                 result=outcome,
                 errors=1 if failure else 0,
+                requests=0 if requeued else 1,
                 busy_worker=last.worker_id if last is not None else None,
             )
 
