@@ -269,7 +269,12 @@ class WorkerSet:
                     and w.worker_id != exclude
                 ]
                 if candidates:
-                    best = min(candidates, key=lambda w: (self.is_tainted(w.worker_id), w.inflight))
+                    # Untainted first, then least loaded, then least used: idle workers take
+                    # turns, so sessions started one after another spread over them.
+                    best = min(
+                        candidates,
+                        key=lambda w: (self.is_tainted(w.worker_id), w.inflight, w.requests),
+                    )
                     best.inflight += 1
                     return best
                 remaining = deadline - time.time()

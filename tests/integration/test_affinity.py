@@ -29,9 +29,7 @@ def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     node only through SNAKEPIT_* variables, which the factory's ``subprocess_env`` drops)."""
     extra: dict[str, str] = {}
     target = str(helpers.TESTS / "conftest.py")
-    shared = next(
-        m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target
-    )
+    shared = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target)
 
     def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
         return helpers.subprocess_env(*args, **{**kwargs, **extra})
@@ -46,8 +44,9 @@ def configure(redis_url: str, *nodes: helpers.NodeHandle, **settings: Any) -> An
     return app_module.configure(redis_url=redis_url, pools=tables, **settings)
 
 
-def start_peer(node: Any, first: helpers.NodeHandle, name: str, pool_size: int = 1,
-               **fields: Any) -> helpers.NodeHandle:
+def start_peer(
+    node: Any, first: helpers.NodeHandle, name: str, pool_size: int = 1, **fields: Any
+) -> helpers.NodeHandle:
     """A second node of ``first``'s pool (the shared factory's own readiness wait configures
     an app with both tables, which is refused as a duplicate pool: wait here instead)."""
     peer = node(pool=first.pool, pool_size=pool_size, name=name, wait=False, **fields)
@@ -212,10 +211,12 @@ def test_sigkilled_node_strict_unavailable_hint_served_by_other_node(node, node_
     # Both sessions are still bound to a's worker, and its lease lasts up to node_lease_ttl_ms
     # (5 s): calls sent now go to a's queue, where b's janitor finds them once the lease lapses.
     with ThreadPoolExecutor(2) as ex:
-        strict = ex.submit(sp.execute_in_session, strict_sid, "ping",
-                           affinity="strict_queue", app=app, timeout=40)
-        hint = ex.submit(sp.execute_in_session, hint_sid, "ping", affinity="hint", app=app,
-                         timeout=40)
+        strict = ex.submit(
+            sp.execute_in_session, strict_sid, "ping", affinity="strict_queue", app=app, timeout=40
+        )
+        hint = ex.submit(
+            sp.execute_in_session, hint_sid, "ping", affinity="hint", app=app, timeout=40
+        )
         with pytest.raises(errors.SessionWorkerUnavailable):
             strict.result(timeout=60)
         served = hint.result(timeout=60)

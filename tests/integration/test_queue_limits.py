@@ -10,6 +10,7 @@ from typing import Any
 
 import helpers
 import pytest
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from helpers import assert_served_by, wait_until
 
 import snakepit_tasks as sp
@@ -26,9 +27,7 @@ def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     node only through SNAKEPIT_* variables, which the factory's ``subprocess_env`` drops)."""
     extra: dict[str, str] = {}
     target = str(helpers.TESTS / "conftest.py")
-    shared = next(
-        m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target
-    )
+    shared = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target)
 
     def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
         return helpers.subprocess_env(*args, **{**kwargs, **extra})
@@ -47,8 +46,11 @@ def occupy(n: helpers.NodeHandle, app: Any, seconds: float) -> Any:
     node has started it."""
     result = sp.execute_async("sleep", {"seconds": seconds}, app=app, timeout=60)
     r = state.redis_client(n.redis_url)
-    wait_until(lambda: sum(int(v) for v in r.hvals(keys.busy(n.name))) >= 1, timeout=15,
-               message="the worker to be busy")
+    wait_until(
+        lambda: sum(int(v) for v in r.hvals(keys.busy(n.name))) >= 1,
+        timeout=15,
+        message="the worker to be busy",
+    )
     return result
 
 
@@ -96,7 +98,13 @@ def test_async_call_waiting_past_queue_timeout_fails_and_never_runs(node, node_e
     sleeper = occupy(n, app, 3)
     late = sp.execute_async("remember", {"key": key, "value": 1}, app=app, timeout=30)
     with pytest.raises(errors.QueueTimeout):
-        late.get(timeout=60)
+        try:
+            late.get(timeout=60)
+        except CeleryTimeoutError:
+            pytest.fail(
+                f"no outcome for the late call {late.id} (state {late.state}); "
+                f"node output:\n{n.output()}"
+            )
     slept = sleeper.get(timeout=30)
     assert_served_by(n, slept)
     got = recall(app, key)

@@ -19,7 +19,9 @@ from helpers import assert_served_by, wait_until
 
 import snakepit_tasks as sp
 from snakepit_tasks import app as app_module
-from snakepit_tasks import errors
+from snakepit_tasks import errors, keys
+from snakepit_tasks.app import declare_queue
+from snakepit_tasks.tasks import EXECUTE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,9 +36,7 @@ def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """
     extra: dict[str, str] = {}
     target = str(helpers.TESTS / "conftest.py")
-    shared = next(
-        m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target
-    )
+    shared = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target)
 
     def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
         return helpers.subprocess_env(*args, **{**kwargs, **extra})
@@ -51,8 +51,9 @@ def configure(redis_url: str, *nodes: helpers.NodeHandle, **settings: Any) -> An
     return app_module.configure(redis_url=redis_url, pools=tables, **settings)
 
 
-def start_peer(node: Any, first: helpers.NodeHandle, name: str, pool_size: int = 1,
-               **fields: Any) -> helpers.NodeHandle:
+def start_peer(
+    node: Any, first: helpers.NodeHandle, name: str, pool_size: int = 1, **fields: Any
+) -> helpers.NodeHandle:
     """A second node of ``first``'s pool (the shared factory's own readiness wait configures
     an app with both tables, which is refused as a duplicate pool: wait here instead)."""
     peer = node(pool=first.pool, pool_size=pool_size, name=name, wait=False, **fields)
@@ -135,6 +136,16 @@ def test_many_sessions_spread_over_all_workers(node):
     assert listed == set(sids)
 
 
+def test_sessions_started_one_after_another_spread_over_workers(node):
+    n = node(pool_size=3)
+    bound = Counter()
+    for _ in range(12):
+        pong = sp.execute_in_session(new_session(), "ping", app=n.app)
+        assert_served_by(n, pong)
+        bound[pong["worker_id"]] += 1
+    assert set(bound) == set(n.worker_ids()), f"sessions per worker: {dict(bound)}"
+
+
 def test_concurrent_first_calls_of_a_new_session_end_on_one_worker(node, redis_url):
     # Two nodes of one pool: the loser of the race may be on the other node (redirect) or on
     # the same node (waits for the bound worker); either way both calls run on one worker.
@@ -146,8 +157,9 @@ def test_concurrent_first_calls_of_a_new_session_end_on_one_worker(node, redis_u
         sid = new_session()
         with ThreadPoolExecutor(2) as ex:
             futures = [
-                ex.submit(sp.execute_in_session, sid, "sleep", {"seconds": 0.3}, app=app,
-                          timeout=60)
+                ex.submit(
+                    sp.execute_in_session, sid, "sleep", {"seconds": 0.3}, app=app, timeout=60
+                )
                 for _ in range(2)
             ]
             results = [f.result() for f in futures]
@@ -158,6 +170,27 @@ def test_concurrent_first_calls_of_a_new_session_end_on_one_worker(node, redis_u
         assert_served_by(owner, results[0])
         info = sp.sessions.get(sid, app=app)
         assert info is not None and info["worker"] == results[0]["worker_id"]
+
+    # What the losing call does, made deterministic: calls of a bound session that reach the
+    # pool queue (routing bypassed) are taken by either node and all end on the bound worker.
+    bound = results[0]
+    pool_queue = declare_queue(keys.pool_queue(a.pool))
+    sent = [
+        app.send_task(
+            EXECUTE,
+            kwargs={
+                "command": "ping",
+                "pool": a.pool,
+                "session_id": sid,
+                "deadline": time.time() + 60,
+            },
+            queue=pool_queue,
+        )
+        for _ in range(6)
+    ]
+    for result in sent:
+        pong = result.get(timeout=60)
+        assert pong["pid"] == bound["pid"] and pong["session_id"] == sid
 
 
 # -- lifetime -------------------------------------------------------------------------------
@@ -180,8 +213,9 @@ def test_session_ttl_refreshed_on_use_then_expires(node, node_env, redis_url):
         assert current is not None and current["created"] == info["created"]
 
     # Unused, it expires.
-    wait_until(lambda: sp.sessions.get(sid, app=app) is None, timeout=15,
-               message="the session to expire")
+    wait_until(
+        lambda: sp.sessions.get(sid, app=app) is None, timeout=15, message="the session to expire"
+    )
     assert sid not in {s["session_id"] for s in sp.sessions.list_sessions(n.pool, app=app)}
 
     # The same id starts a new session.
@@ -198,9 +232,7 @@ class TestQuota:
     def redis_url(self, redis_url: str) -> str:
         return with_db(redis_url, 3)
 
-    def test_fourth_session_exceeds_quota_existing_ones_still_work(
-        self, node, node_env, redis_url
-    ):
+    def test_fourth_session_exceeds_quota_existing_ones_still_work(self, node, node_env, redis_url):
         node_env["SNAKEPIT_SESSION_MAX_SESSIONS"] = "3"
         n = node(pool_size=2)
         app = configure(redis_url, n, session_max_sessions=3)
