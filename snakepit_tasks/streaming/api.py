@@ -186,6 +186,7 @@ def stream(
     pool: str | None = None,
     timeout: float | None = None,
     session_id: str | None = None,
+    affinity: str | None = None,
     app: Celery | None = None,
 ) -> Stream:
     """Start a streaming call; iterate the returned :class:`Stream` for its chunks."""
@@ -196,6 +197,7 @@ def stream(
     result = send(
         the_app, command, args,
         pool=pool, timeout=timeout, deadline=deadline, stream=True, session_id=session_id,
+        affinity=affinity,
     )
     return Stream(result.id, the_app, deadline, async_result=result, pool=pool)
 
@@ -208,6 +210,7 @@ def execute_stream(
     pool: str | None = None,
     timeout: float | None = None,
     session_id: str | None = None,
+    affinity: str | None = None,
     app: Celery | None = None,
 ) -> Any:
     """Call ``callback(chunk)`` for each chunk in order; return the final result.
@@ -219,7 +222,8 @@ def execute_stream(
 
     def run() -> Any:
         call = stream(
-            command, args, pool=pool, timeout=timeout, session_id=session_id, app=the_app
+            command, args, pool=pool, timeout=timeout, session_id=session_id,
+            affinity=affinity, app=the_app,
         )
         for chunk in call:
             try:
@@ -243,11 +247,13 @@ def execute_in_session_stream(
     *,
     pool: str | None = None,
     timeout: float | None = None,
+    affinity: str | None = None,
     app: Celery | None = None,
 ) -> Any:
     """:func:`execute_stream` on the worker that holds session ``session_id``."""
     return execute_stream(
-        command, args, callback, pool=pool, timeout=timeout, session_id=session_id, app=app
+        command, args, callback, pool=pool, timeout=timeout, session_id=session_id,
+        affinity=affinity, app=app,
     )
 
 
@@ -258,10 +264,14 @@ def stream_in_session(
     *,
     pool: str | None = None,
     timeout: float | None = None,
+    affinity: str | None = None,
     app: Celery | None = None,
 ) -> Stream:
     """:func:`stream` on the worker that holds session ``session_id``."""
-    return stream(command, args, pool=pool, timeout=timeout, session_id=session_id, app=app)
+    return stream(
+        command, args, pool=pool, timeout=timeout, session_id=session_id, affinity=affinity,
+        app=app,
+    )
 
 
 def stream_result(
