@@ -258,3 +258,19 @@ def test_workers_are_recycled_between_calls(node):
         pids_seen.append(result["pid"])
     assert len(set(pids_seen)) >= 2  # replaced after its third call, and no call failed
     assert pids_seen[:3] == [pids_seen[0]] * 3
+
+
+def test_sigkill_of_a_runtime_during_a_stream_is_worker_crashed(node):
+    n = node()
+    got: list[dict] = []
+
+    def callback(chunk: dict) -> None:
+        got.append(chunk)
+        if len(got) == 2:
+            os.kill(pid_of(n, n.worker_ids()[0]), signal.SIGKILL)
+
+    with pytest.raises(errors.WorkerCrashed):
+        sp.execute_stream("stream_count", {"n": 100, "delay": 0.1}, callback, timeout=60,
+                          app=n.app)
+    assert [c["i"] for c in got[:2]] == [1, 2]
+    assert_served_by(n, sp.execute("ping", timeout=30, app=n.app))
