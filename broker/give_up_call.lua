@@ -6,6 +6,10 @@
 -- KEYS[2] pool counters   snakepit:stats:<pool>
 -- ARGV[1] call state ttl (ms)
 -- Returns 1 when the call is now timed out (and counted), 0 when it had already started.
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 6) == 'taken:' then
+  redis.call('DEL', KEYS[1])  -- a node holds it waiting for a slot: it has not started
+end
 if redis.call('SET', KEYS[1], 'timed_out', 'NX', 'PX', ARGV[1]) then
   redis.call('HINCRBY', KEYS[2], 'queue_timeouts', 1)
   return 1

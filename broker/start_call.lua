@@ -5,7 +5,8 @@
 --      so a call that timed out in the queue never runs later;
 --   3. count the worker busy.
 --
--- KEYS[1] call state        snakepit:call:<call_id>  ('started:<node>' | 'timed_out')
+-- KEYS[1] call state        snakepit:call:<call_id>
+--                           ('taken:<node>' waiting for a slot | 'started:<node>' | 'timed_out')
 -- KEYS[2] session           snakepit:session:<sid>      (ignored when ARGV[7] == '')
 -- KEYS[3] session index     snakepit:sessions            (zset sid -> last use)
 -- KEYS[4] busy              snakepit:node:<node>:busy    (hash worker -> calls in flight)
@@ -47,6 +48,11 @@ end
 
 -- The value names the node, so a janitor can tell which calls died with their node.
 local started = 'started:' .. node
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 6) == 'taken:' then
+  current = false  -- taken by a node that waited for a slot: not started
+  redis.call('DEL', KEYS[1])
+end
 if not redis.call('SET', KEYS[1], started, 'NX', 'PX', ARGV[9]) then
   if redis.call('GET', KEYS[1]) == 'timed_out' then
     return {'timed_out', bound, bound_node, new}

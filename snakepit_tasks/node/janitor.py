@@ -153,12 +153,16 @@ class Janitor:
             except (ValueError, KeyError, IndexError, TypeError):
                 continue
             call_id = raw_message.get("headers", {}).get("id", "")
-            started = state.text(self.r.get(keys.call_state(call_id)) or b"")
-            owner = started.split(":", 1)[1] if started.startswith("started:") else None
+            call_state = state.text(self.r.get(keys.call_state(call_id)) or b"")
+            kind, _, holder = call_state.partition(":")
+            owner = holder if kind == "started" else None  # the node that ran it
+            taker = holder if kind == "taken" else None  # the node that held it, not started
             queued_for_dead = any(
                 kwargs.get("worker", "").startswith(n + "/") for n in dead
             ) if kwargs.get("worker") else False
-            if owner not in dead and not (owner is None and queued_for_dead):
+            if owner not in dead and taker not in dead and not (
+                owner is None and queued_for_dead
+            ):
                 continue
             # Take it out of kombu's hands first, so it is never restored as well.
             with self.r.pipeline(transaction=True) as pipe:

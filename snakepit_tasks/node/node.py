@@ -305,7 +305,14 @@ class Node:
                 )
             fail_fast = wanted is not None and affinity == "strict_fail_fast"
             try:
-                slot = self.workers.acquire(time.time() if fail_fast else queue_deadline, wanted)
+                try:
+                    slot = self.workers.acquire(time.time(), wanted)
+                except QueueTimeout:
+                    if fail_fast:
+                        raise
+                    # It will wait here: say so, so a janitor can re-route it if we die.
+                    self._mark_taken(call_id, deadline)
+                    slot = self.workers.acquire(queue_deadline, wanted)
             except QueueTimeout:
                 if fail_fast:
                     raise WorkerBusy(
@@ -385,6 +392,13 @@ class Node:
         )
         status, bound, bound_node, new = (state.text(x) for x in reply)
         return status, bound, bound_node, new == "1"
+
+    def _mark_taken(self, call_id: str, deadline: float) -> None:
+        ttl_ms = int(max(0.0, deadline - time.time()) * 1000) + CALL_STATE_MARGIN_MS
+        try:
+            self.redis.set(keys.call_state(call_id), f"taken:{self.name}", nx=True, px=ttl_ms)
+        except Exception:
+            log.debug("could not mark call %s taken", call_id, exc_info=True)
 
     def _give_up(self, call_id: str) -> None:
         ttl_ms = CALL_STATE_MARGIN_MS

@@ -183,6 +183,11 @@ class WorkerSet:
 
         def wait_exit() -> None:
             assert process is not None
+            try:  # see the exit without reaping, so the worker stops being handed out at once
+                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            self._mark_dead(worker, generation)
             code = process.wait()
             self.registry.forget(process.pid)
             self._exited(worker, generation, code)
@@ -389,7 +394,7 @@ class WorkerSet:
 
     def _check_alive(self, worker: AdapterWorker) -> None:
         process = worker.process
-        if process is None or process.poll() is not None:
+        if process is None or _has_exited(process.pid):
             self._mark_dead(worker, worker.generation)
             raise WorkerGone(worker.worker_id)
 
@@ -509,6 +514,15 @@ class WorkerSet:
         """Published state of every worker."""
         with self._cond:
             return [w.snapshot() for w in self.workers]
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether child ``pid`` has ended, without taking Popen's wait lock (its exit watcher
+    holds it while blocked in wait())."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped
 
 
 def _cancel_when(cancelled: threading.Event, rpc: Any) -> None:
