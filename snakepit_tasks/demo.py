@@ -43,6 +43,7 @@ def run_demo(pool_size: int = 2) -> int:
             os.environ,
             # Running as root is common in containers; the demo need not warn about it.
             PYTHONWARNINGS="ignore:You're running the worker with superuser privileges",
+            SNAKEPIT_WATCH_PID=str(os.getpid()),
             SNAKEPIT_REDIS_URL=redis_url,
             SNAKEPIT_POOLS='[{"name": "demo", "adapter": "adapters.showcase:ShowcaseAdapter", '
             f'"pool_size": {pool_size}}}]',

@@ -39,6 +39,7 @@ def start_pools(pools: list[str] | None = None, *, timeout: float = 30.0) -> lis
     settings = app.snakepit_settings
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore:You're running the worker with superuser privileges")
+    env["SNAKEPIT_WATCH_PID"] = str(os.getpid())
     try:
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping()
     except redis.RedisError as exc:

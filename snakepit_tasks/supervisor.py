@@ -97,8 +97,13 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         for spec in self.specs:
             self._spawn(spec)
+        # Started by a demo or a script: stop when that process dies, however it dies.
+        watched = int(os.environ.get("SNAKEPIT_WATCH_PID", "0") or 0)
         try:
             while not self._stop.wait(0.2):
+                if watched and os.getppid() != watched:
+                    log.warning("the process that started these nodes is gone; stopping")
+                    break
                 for spec in self.specs:
                     self._check(spec)
                 if all(s.given_up for s in self.specs):
