@@ -95,6 +95,19 @@ def make_app(redis_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
+def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Extra SNAKEPIT_* variables for every node the ``node`` factory starts in this test
+    (fill the returned dict before starting nodes)."""
+    extra: dict[str, str] = {}
+
+    def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
+        return helpers.subprocess_env(*args, **{**kwargs, **extra})
+
+    monkeypatch.setattr(sys.modules[__name__], "subprocess_env", with_extra)
+    return extra
+
+
+@pytest.fixture
 def node(
     redis_url: str, make_app: Any, pids: ProcessTracker, tmp_path: Path
 ) -> Iterator[Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,21 +22,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- local fixtures and helpers -------------------------------------------------------------
-@pytest.fixture
-def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Extra environment for the nodes the shared ``node`` factory starts (settings reach a
-    node only through SNAKEPIT_* variables, which the factory's ``subprocess_env`` drops)."""
-    extra: dict[str, str] = {}
-    target = str(helpers.TESTS / "conftest.py")
-    shared = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target)
-
-    def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
-        return helpers.subprocess_env(*args, **{**kwargs, **extra})
-
-    monkeypatch.setattr(shared, "subprocess_env", with_extra)
-    return extra
-
-
 def configure(redis_url: str, *nodes: helpers.NodeHandle, **settings: Any) -> Any:
     """The process-wide caller app for these nodes' pools, with extra settings."""
     tables = list({n.pool: n.table for n in nodes}.values())

@@ -3,7 +3,6 @@ never runs (counted once); pool_max_queue_size refuses calls at send time (Queue
 
 from __future__ import annotations
 
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,21 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- local fixtures and helpers -------------------------------------------------------------
-@pytest.fixture
-def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Extra environment for the nodes the shared ``node`` factory starts (settings reach a
-    node only through SNAKEPIT_* variables, which the factory's ``subprocess_env`` drops)."""
-    extra: dict[str, str] = {}
-    target = str(helpers.TESTS / "conftest.py")
-    shared = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target)
-
-    def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
-        return helpers.subprocess_env(*args, **{**kwargs, **extra})
-
-    monkeypatch.setattr(shared, "subprocess_env", with_extra)
-    return extra
-
-
 def configure(redis_url: str, n: helpers.NodeHandle, **settings: Any) -> Any:
     """The process-wide caller app for ``n``'s pool, with extra settings."""
     return app_module.configure(redis_url=redis_url, pools=[n.table], **settings)

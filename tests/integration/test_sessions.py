@@ -3,7 +3,6 @@ of two first calls, TTL expiry, the quota, listing and deleting (with the adapte
 
 from __future__ import annotations
 
-import sys
 import textwrap
 import time
 import uuid
@@ -27,24 +26,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- local fixtures and helpers -------------------------------------------------------------
-@pytest.fixture
-def node_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Extra environment for the nodes the shared ``node`` factory starts.
-
-    Settings reach a node only through SNAKEPIT_* variables, which the factory's environment
-    (``subprocess_env``) drops; this wraps the factory's ``subprocess_env`` to add them.
-    """
-    extra: dict[str, str] = {}
-    target = str(helpers.TESTS / "conftest.py")
-    shared = next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == target)
-
-    def with_extra(*args: Any, **kwargs: Any) -> dict[str, str]:
-        return helpers.subprocess_env(*args, **{**kwargs, **extra})
-
-    monkeypatch.setattr(shared, "subprocess_env", with_extra)
-    return extra
-
-
 def configure(redis_url: str, *nodes: helpers.NodeHandle, **settings: Any) -> Any:
     """The process-wide caller app for these nodes' pools, with extra settings."""
     tables = list({n.pool: n.table for n in nodes}.values())
