@@ -210,7 +210,7 @@ def test_new_instance_per_call(recording: AdapterServicer) -> None:
 
 def test_unserializable_result_becomes_a_marker(recording: AdapterServicer) -> None:
     value = result_of(recording.Execute(request("opaque", {}), None))
-    assert value == {"obj": {"__ffi_unserializable__": True, "__type__": "object"}}
+    assert value == {"obj": {"__ffi_unserializable__": True, "__type__": "builtins.object"}}
 
 
 def test_async_generator_called_unary(recording: AdapterServicer) -> None:
