@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from snakepit_tasks import app as snakepit_app
-from snakepit_tasks import caller, sessions, state
+from snakepit_tasks import caller, connections, sessions
 from snakepit_tasks.embedded_redis import EmbeddedRedis
 
 from . import measure, raw_celery_app, streams
@@ -374,7 +374,7 @@ def run(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 with contextlib.suppress(Exception):
                     a.close()
             snakepit_app.reset_default_app()
-            state.close_clients()
+            connections.close_clients()
             if external and tag:
                 with contextlib.suppress(redis.RedisError):
                     _forget_keys(external, tag)

@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from snakepit_tasks import caller, serialization, state
+from snakepit_tasks import caller, connections, pool_state, serialization
 from snakepit_tasks._proto import bridge_pb2 as pb
 from snakepit_tasks.node.worker import AdapterWorker, worker_env
 from snakepit_tasks.streaming import api as streaming
@@ -108,10 +108,10 @@ def wait_workers_ready(
 
     Records the workers' pids on ``child`` so they are reaped with it.
     """
-    r = state.redis_client(redis_url)
+    r = connections.redis_client(redis_url)
     deadline = time.monotonic() + timeout
     while True:
-        nodes = state.live_nodes(r, pool)
+        nodes = pool_state.live_nodes(r, pool)
         workers = [w for n in nodes for w in n["workers"]]
         child.owned_pids.update(int(w["pid"]) for w in workers if w.get("pid"))
         if sum(1 for w in workers if w["state"] == "ready") >= size:
@@ -312,13 +312,13 @@ class Runtime:
 
 
 def redis_target(redis_url: str) -> Target:
-    client = state.redis_client(redis_url)
+    client = connections.redis_client(redis_url)
     return Target("redis_ping", "Redis PING (floor of any Redis hop)", client.ping)
 
 
 def command_counter(redis_url: str) -> Callable[[], dict[str, int]]:
     """Redis's own count of each command served so far (``INFO commandstats``)."""
-    client = state.redis_client(redis_url)
+    client = connections.redis_client(redis_url)
 
     def counts() -> dict[str, int]:
         stats = client.info("commandstats")

@@ -15,9 +15,11 @@
 -- ARGV[7] session id        ARGV[8] bind ('1': bind if unbound; '0': hint fallback)
 -- ARGV[9] call state ttl (ms)
 -- ARGV[10] '1' when the tool is idempotent (a call that already started may run again)
--- Returns {status, bound worker, bound node, new session ('1'/'0')}
+-- ARGV[11] takeover: a node name; if the call was started by that (dead) node, start it
+--          here anyway (the caller of this script checked the node is gone). '' otherwise.
+-- Returns {status, bound worker, bound node, new session ('1'/'0'), started by}
 --   status: 'ok' | 'moved' (session lives on another worker) | 'timed_out' | 'quota'
---           | 'duplicate' (started before and not idempotent: must not run twice)
+--           | 'duplicate' (started before by the node in the 5th element: a copy)
 local worker, node, pool = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local sid, bind = ARGV[7], ARGV[8]
@@ -33,7 +35,7 @@ if sid ~= '' then
   elseif bind == '1' then
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
     if redis.call('ZCARD', KEYS[3]) >= max then
-      return {'quota', '', '', '0'}
+      return {'quota', '', '', '0', ''}
     end
     redis.call('HSET', KEYS[2], 'worker', worker, 'node', node, 'pool', pool,
                'created', now, 'last_used', now)
@@ -42,7 +44,7 @@ if sid ~= '' then
     bound, bound_node, new = worker, node, '1'
   end
   if bind == '1' and bound ~= worker then
-    return {'moved', bound, bound_node, '0'}
+    return {'moved', bound, bound_node, '0', ''}
   end
 end
 
@@ -54,15 +56,17 @@ if current and string.sub(current, 1, 6) == 'taken:' then
   redis.call('DEL', KEYS[1])
 end
 if not redis.call('SET', KEYS[1], started, 'NX', 'PX', ARGV[9]) then
-  if redis.call('GET', KEYS[1]) == 'timed_out' then
-    return {'timed_out', bound, bound_node, new}
+  local holder = redis.call('GET', KEYS[1])
+  if holder == 'timed_out' then
+    return {'timed_out', bound, bound_node, new, ''}
   end
-  -- Started before (a redelivered message whose node died): run again only if the caller
-  -- of this script decides the tool is idempotent.
-  if ARGV[10] ~= '1' then
-    return {'duplicate', bound, bound_node, new}
+  holder = string.sub(holder, 9)  -- 'started:<node>'
+  -- A copy of a call that started before: run it again only when its node is gone and
+  -- the tool is idempotent (the caller of this script decides both).
+  if ARGV[10] ~= '1' or ARGV[11] == '' or holder ~= ARGV[11] then
+    return {'duplicate', bound, bound_node, new, holder}
   end
   redis.call('SET', KEYS[1], started, 'PX', ARGV[9])
 end
 redis.call('HINCRBY', KEYS[4], worker, 1)
-return {'ok', bound, bound_node, new}
+return {'ok', bound, bound_node, new, ''}

@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "errors": "snakepit_tasks.errors",
     "sessions": "snakepit_tasks.sessions",
+    "serialization": "snakepit_tasks.serialization",
+    "hardware": "snakepit_tasks.hardware",
     "SnakepitError": "snakepit_tasks.errors",
     "PoolConfig": "snakepit_tasks.config",
     "Settings": "snakepit_tasks.config",
@@ -44,9 +46,9 @@ _EXPORTS = {
     "CircuitBreaker": "snakepit_tasks.resilience",
     "HealthMonitor": "snakepit_tasks.resilience",
     "RetryPolicy": "snakepit_tasks.resilience",
-    "cleanup": "snakepit_tasks.script",
-    "run_as_script": "snakepit_tasks.script",
-    "start_pools": "snakepit_tasks.script",
+    "cleanup": "snakepit_tasks.local_pools",
+    "run_as_script": "snakepit_tasks.local_pools",
+    "start_pools": "snakepit_tasks.local_pools",
 }
 
 __all__ = [
@@ -73,9 +75,11 @@ __all__ = [
     "executor",
     "get_result",
     "get_stats",
+    "hardware",
     "list_workers",
     "load_settings",
     "run_as_script",
+    "serialization",
     "sessions",
     "start_pools",
     "stream",
@@ -100,7 +104,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from . import errors, sessions
+    from . import errors, hardware, serialization, sessions
     from .app import configure, create_app, default_app
     from .caller import (
         await_ready,
@@ -115,8 +119,8 @@ if TYPE_CHECKING:
     )
     from .config import PoolConfig, Settings, load_settings
     from .errors import SnakepitError
+    from .local_pools import cleanup, run_as_script, start_pools
     from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, executor
-    from .script import cleanup, run_as_script, start_pools
     from .streaming.api import (
         HALT,
         Stream,

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any
 
 from celery import Celery
 from click import Option
-from kombu import Exchange, Queue
 
 from . import keys
 from .config import Settings, load_settings
+from .execute_task import EXECUTE, ExecuteTask
+from .queues import EXCHANGE, declare_queue
 
-EXCHANGE = Exchange(keys.EXCHANGE, type="direct", durable=True)
+__all__ = ["EXCHANGE", "configure", "create_app", "declare_queue", "default_app"]
 
-
-@functools.lru_cache(maxsize=1024)
-def declare_queue(name: str) -> Queue:
-    """A queue bound to the snakepit exchange with its own name as routing key.
-
-    Never a bare ``Queue(name)``: bound to the default exchange, kombu 5.x delivered one
-    message three times.
-    """
-    return Queue(name, EXCHANGE, routing_key=name)
+#: Named, not imported: only a Celery worker resolves it, so callers never load node code.
+NODE_STEP = "snakepit_tasks.node.bootstep:SnakepitNodeStep"
 
 
 def create_app(settings: Settings | None = None, *, main: str = "snakepit_tasks") -> Celery:
@@ -72,10 +65,7 @@ def create_app(settings: Settings | None = None, *, main: str = "snakepit_tasks"
             help="workers this node hosts (default: the pool's pool_size)",
         )
     )
-    from .node.bootstep import SnakepitNodeStep
-    from .tasks import ExecuteTask
-
-    app.steps["worker"].add(SnakepitNodeStep)
+    app.steps["worker"].add(NODE_STEP)
     app.register_task(ExecuteTask())
     return app
 
@@ -83,7 +73,7 @@ def create_app(settings: Settings | None = None, *, main: str = "snakepit_tasks"
 def _router(settings: Settings) -> Any:
     def route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
         # For send_task("snakepit.execute", ...) callers that never import the task class.
-        if name != "snakepit.execute":
+        if name != EXECUTE:
             return None
         pool = (kwargs or {}).get("pool") or settings.default_pool_name
         return {"queue": declare_queue(keys.pool_queue(pool))}

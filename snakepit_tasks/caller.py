@@ -10,11 +10,11 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from . import keys, replies, scripts, state
+from . import connections, dead_letters, keys, kombu_redis, lua, pool_state, replies
 from .app import default_app
-from .errors import ExecutionTimeout, QueueTimeout
+from .call import TASK_NAME, timeout_seconds
+from .errors import ConfigurationError, ExecutionTimeout, QueueTimeout
 from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, breaker_for
-from .tasks import EXECUTE
 
 # Seconds a caller waits past a call's deadline for the node's own verdict.
 RESULT_GRACE_SECONDS = 5.0
@@ -42,7 +42,7 @@ def send(app: Celery, command: str, args: dict[str, Any] | None, **kwargs: Any) 
     guard = breaker(app, kwargs.get("pool"), command)
     if guard is not None:
         guard.check()
-    return app.tasks[EXECUTE].apply_async((command, args), kwargs)
+    return app.tasks[TASK_NAME].apply_async((command, args), kwargs)
 
 
 def execute(
@@ -51,7 +51,7 @@ def execute(
     *,
     pool: str | None = None,
     timeout: float | None = None,
-    retry: RetryPolicy | None = None,
+    retry: RetryPolicy | bool | None = None,
     app: Celery | None = None,
 ) -> Any:
     """Run tool ``command`` with keyword arguments ``args`` on a worker; return its result.
@@ -59,7 +59,8 @@ def execute(
     ``timeout`` (seconds) bounds queueing plus execution; the default is the
     ``default_command_timeout`` setting. A call no worker takes within ``pool_queue_timeout``
     fails with QueueTimeout and never runs. ``retry`` re-sends the call on the errors its
-    policy names. The pool's circuit breaker fails calls fast while it is open. Errors are
+    policy names; ``retry=True`` uses the policy of the ``retry_*`` settings. The pool's
+    circuit breaker fails calls fast while it is open. Errors are
     :mod:`snakepit_tasks.errors` classes.
     """
     return _run_and_wait(_app(app), command, args, pool=pool, timeout=timeout, retry=retry)
@@ -90,7 +91,7 @@ def execute_in_session(
     pool: str | None = None,
     timeout: float | None = None,
     affinity: str | None = None,
-    retry: RetryPolicy | None = None,
+    retry: RetryPolicy | bool | None = None,
     app: Celery | None = None,
 ) -> Any:
     """Like :func:`execute`, on the worker that holds session ``session_id``.
@@ -142,11 +143,11 @@ def _run_and_wait(
     command: str,
     args: dict[str, Any] | None,
     *,
-    retry: RetryPolicy | None = None,
+    retry: RetryPolicy | bool | None = None,
     **options: Any,
 ) -> Any:
     def once() -> Any:
-        with state.redis_errors_as_snakepit(f"running {command!r}"):
+        with connections.redis_errors_as_snakepit(f"running {command!r}"):
             return guarded(
                 app,
                 options.get("pool"),
@@ -154,22 +155,35 @@ def _run_and_wait(
                 lambda: _send_and_wait(app, command, args, **options),
             )
 
-    return retry.run(once) if retry is not None else once()
+    policy = retry_policy(app, retry)
+    return policy.run(once) if policy is not None else once()
+
+
+def retry_policy(app: Celery, retry: RetryPolicy | bool | None) -> RetryPolicy | None:
+    """The policy a call's ``retry=`` names: True → the ``retry_*`` settings' policy."""
+    if retry is True:
+        return RetryPolicy.from_settings(app.snakepit_settings)
+    if retry is None or retry is False:
+        return None
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(
+            f"retry must be a RetryPolicy, True or None, got {type(retry).__name__}"
+        )
+    return retry
 
 
 def _send_and_wait(
     app: Celery, command: str, args: dict[str, Any] | None, **options: Any
 ) -> Any:
     settings = app.snakepit_settings
-    timeout = options.get("timeout")
-    seconds = timeout if timeout else settings.default_command_timeout / 1000
+    seconds = timeout_seconds(options.get("timeout"), settings.default_command_timeout)
     deadline = time.time() + seconds
     # The reply comes straight back through Redis: no result-backend entry, no per-call
     # subscription (both cost round trips and serialise threaded callers).
-    result = app.tasks[EXECUTE].apply_async(
+    result = app.tasks[TASK_NAME].apply_async(
         (command, args), {**options, "deadline": deadline, "reply": True}, ignore_result=True
     )
-    r = state.redis_client(settings.redis_url)
+    r = connections.redis_client(settings.redis_url)
     queue_deadline = time.time() + settings.pool_queue_timeout / 1000
     if queue_deadline < deadline:
         body = replies.pop(r, result.id, queue_deadline)
@@ -193,8 +207,8 @@ def _send_and_wait(
 
 def give_up(app: Celery, call_id: str, pool: str) -> bool:
     """Mark a call timed out unless a node started it; True when it will never run."""
-    r = state.redis_client(app.snakepit_settings.redis_url)
-    script = scripts.script(r, "give_up_call")
+    r = connections.redis_client(app.snakepit_settings.redis_url)
+    script = lua.script(r, "give_up_call")
     return bool(script(keys=[keys.call_state(call_id), keys.pool_stats(pool)], args=[60_000]))
 
 
@@ -217,8 +231,8 @@ def get_result(task_id: str, *, app: Celery | None = None) -> AsyncResult:
 def list_workers(pool: str | None = None, *, app: Celery | None = None) -> list[str]:
     """Ids of the workers of live nodes serving ``pool`` (default pool if None)."""
     settings = _app(app).snakepit_settings
-    r = state.redis_client(settings.redis_url)
-    nodes = state.live_nodes(r, pool or settings.default_pool_name)
+    r = connections.redis_client(settings.redis_url)
+    nodes = pool_state.live_nodes(r, pool or settings.default_pool_name)
     return [w["id"] for n in nodes for w in n["workers"]]
 
 
@@ -226,14 +240,14 @@ def get_stats(pool: str | None = None, *, app: Celery | None = None) -> dict[str
     """Counters and current load of ``pool`` (default pool if None)."""
     settings = _app(app).snakepit_settings
     pool = pool or settings.default_pool_name
-    r = state.redis_client(settings.redis_url)
-    nodes = state.live_nodes(r, pool)
-    counters = state.read_counters(r, pool)
+    r = connections.redis_client(settings.redis_url)
+    nodes = pool_state.live_nodes(r, pool)
+    counters = pool_state.read_counters(r, pool)
     workers = [w for n in nodes for w in n["workers"]]
     ready = [w for w in workers if w["state"] == "ready"]
     busy = sum(1 for w in ready if w["inflight"] >= w["capacity"])
-    queued = state.queue_length(r, keys.pool_queue(pool)) + sum(
-        state.queue_length(r, keys.node_queue(n["name"])) for n in nodes
+    queued = kombu_redis.queue_length(r, keys.pool_queue(pool)) + sum(
+        kombu_redis.queue_length(r, keys.node_queue(n["name"])) for n in nodes
     )
     return {
         "pool": pool,
@@ -242,6 +256,7 @@ def get_stats(pool: str | None = None, *, app: Celery | None = None) -> dict[str
         "queue_timeouts": counters.get("queue_timeouts", 0),
         "pool_saturated": counters.get("pool_saturated", 0),
         "queued": queued,
+        "dead_letters": dead_letters.count(r, pool),
         "nodes": len(nodes),
         "workers": len(workers),
         "busy": busy,
@@ -258,10 +273,10 @@ def await_ready(
     """Wait until ``pool`` has a ready worker; return the ready ids, or raise TimeoutError."""
     settings = _app(app).snakepit_settings
     pool = pool or settings.default_pool_name
-    r = state.redis_client(settings.redis_url)
+    r = connections.redis_client(settings.redis_url)
     deadline = time.monotonic() + timeout
     while True:
-        nodes = state.live_nodes(r, pool)
+        nodes = pool_state.live_nodes(r, pool)
         ready = [w["id"] for n in nodes for w in n["workers"] if w["state"] == "ready"]
         if ready:
             return ready

@@ -43,13 +43,17 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_status(ns: argparse.Namespace) -> int:
     """Print each pool's nodes, workers and counters; exit 1 if a pool has no live node."""
-    from . import caller, keys, state
+    from . import caller, connections, dead_letters, keys, pool_state
     from .app import configure
 
     settings = _settings(ns)
     app = configure(settings)
-    r = state.redis_client(settings.redis_url)
-    pools = sorted({p.name for p in settings.pools} | state.known_pools(r))
+    r = connections.redis_client(settings.redis_url)
+    pools = sorted({p.name for p in settings.pools} | pool_state.known_pools(r))
+    if getattr(ns, "drop_dead_letters", False):
+        for pool in pools:
+            print(f"pool {pool}: dropped {dead_letters.drop(r, pool)} dead letter(s)")
+        return 0
     down = 0
     for pool in pools:
         stats = caller.get_stats(pool, app=app)
@@ -58,12 +62,18 @@ def cmd_status(ns: argparse.Namespace) -> int:
             f"busy={stats['busy']} available={stats['available']} queued={stats['queued']} "
             f"requests={stats['requests']} errors={stats['errors']} "
             f"queue_timeouts={stats['queue_timeouts']} pool_saturated={stats['pool_saturated']} "
-            f"circuit={stats['circuit']} healthy={stats['healthy']}"
+            f"circuit={stats['circuit']} healthy={stats['healthy']} "
+            f"dead_letters={stats['dead_letters']}"
         )
+        if getattr(ns, "dead_letters", False):
+            for entry in dead_letters.list_entries(r, pool):
+                print(f"  dead letter from {entry['queue']} (call {entry['call_id'] or '?'}, "
+                      f"{entry['size']} bytes, node {entry['node']}): {entry['reason']}\n"
+                      f"    {entry['preview']}")
         for dead, backlog in sorted(r.hgetall(keys.dead_backlog(pool)).items()):
-            print(f"  dead node {state.text(dead)}: {int(backlog)} message(s) taken over by the "
-                  "janitor at its last sweep")
-        for node in state.live_nodes(r, pool):
+            print(f"  dead node {connections.text(dead)}: {int(backlog)} message(s) taken over "
+                  "by the janitor at its last sweep")
+        for node in pool_state.live_nodes(r, pool):
             for w in node["workers"]:
                 print(f"  {w['id']:<40} pid={w['pid']} state={w['state']} "
                       f"inflight={w['inflight']}/{w['capacity']} requests={w['requests']}")
@@ -75,7 +85,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
 def cmd_doctor(ns: argparse.Namespace) -> int:
     """Check the installation and the configuration; exit 1 on any failure."""
     from .embedded_redis import find_redis_server
-    from .runtime_check import check_adapter
+    from .node.adapter_check import check_adapter
 
     ok = True
 
@@ -112,6 +122,20 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         )
         report(error is None, f"pool {pool.name}: adapter {pool.adapter} imports", error or "")
     return 0 if ok else 1
+
+
+def cmd_hardware(ns: argparse.Namespace) -> int:
+    """Print this host's CPU, memory and accelerators (``--json``: detect() + capabilities())."""
+    import json
+
+    from . import hardware
+
+    if ns.json:
+        found = {**hardware.detect().as_dict(), "capabilities": hardware.capabilities()}
+        print(json.dumps(found, indent=2))
+    else:
+        print(hardware.summary())
+    return 0
 
 
 def cmd_setup(ns: argparse.Namespace) -> int:
@@ -177,10 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_worker)
 
     sub.add_parser("demo", help="run the demo").set_defaults(fn=cmd_demo)
-    sub.add_parser("status", help="show pools, nodes and workers").set_defaults(fn=cmd_status)
+    st = sub.add_parser("status", help="show pools, nodes and workers")
+    st.add_argument("--dead-letters", action="store_true",
+                    help="also list the messages nodes refused (never run)")
+    st.add_argument("--drop-dead-letters", action="store_true",
+                    help="remove every pool's dead letters, then exit")
+    st.set_defaults(fn=cmd_status)
     sub.add_parser("doctor", help="check installation and configuration").set_defaults(
         fn=cmd_doctor
     )
+    hw = sub.add_parser("hardware", help="show this host's CPU, memory and GPUs")
+    hw.add_argument("--json", action="store_true", help="print detect() and capabilities()")
+    hw.set_defaults(fn=cmd_hardware)
     sub.add_parser("setup", help="check generated stubs and the installation").set_defaults(
         fn=cmd_setup
     )

@@ -66,24 +66,19 @@ class Settings:
     affinity: str = "hint"
     # Timeouts (ms)
     default_command_timeout: int = 300_000
-    pool_request_timeout: int = 60_000
     pool_streaming_timeout: int = 900_000
     pool_startup_timeout: int = 10_000
     pool_queue_timeout: int = 5_000
-    checkout_timeout: int = 5_000
-    grpc_worker_execute_timeout: int = 30_000
-    grpc_worker_stream_timeout: int = 300_000
     graceful_shutdown_timeout_ms: int = 6_000
     # Pool sizing
     pool_max_queue_size: int = 1_000
     pool_max_workers: int = 150
     pool_startup_batch_size: int = 10
     pool_startup_batch_delay_ms: int = 500
-    pool_reconcile_interval_ms: int = 1_000
-    pool_reconcile_batch_size: int = 2
+    # Restart intensity of one worker: more restarts than this within the window pause it
     worker_starter_max_restarts: int = 3
     worker_starter_max_seconds: int = 5
-    # Retry policy
+    # Retry policy (calls made with ``retry=True``; see RetryPolicy.from_settings)
     retry_max_attempts: int = 3
     retry_backoff_sequence: tuple[int, ...] = (100, 200, 400, 800, 1600)
     retry_max_backoff_ms: int = 30_000
@@ -100,7 +95,6 @@ class Settings:
     crash_barrier_max_restarts: int = 1
     crash_barrier_backoff_ms: tuple[int, ...] = (50, 100, 200)
     # Health monitor
-    health_monitor_check_interval: int = 30_000
     health_monitor_crash_window_ms: int = 60_000
     health_monitor_max_crashes: int = 10
     # Heartbeat
@@ -111,7 +105,8 @@ class Settings:
     # Node liveness in Redis
     node_lease_ttl_ms: int = 5_000
     node_lease_interval_ms: int = 1_000
-    # Session store
+    # Session store: the index of sessions is pruned every cleanup interval (ms); a warning
+    # is logged once the count reaches session_warning_threshold × session_max_sessions
     session_cleanup_interval: int = 60_000
     session_default_ttl: int = 3_600
     session_max_sessions: int = 10_000
@@ -124,6 +119,10 @@ class Settings:
     stream_max_len: int = 10_000
     stream_retention: int = 3_600
     stream_max_chunk_bytes: int = 4 * 1024 * 1024
+    # Size limits of one call: its encoded arguments, and its encoded result (larger data
+    # belongs on the zero-copy path)
+    max_call_bytes: int = 16 * 1024 * 1024
+    max_result_bytes: int = 64 * 1024 * 1024
     # Broker: seconds before Redis re-delivers an unacknowledged message
     visibility_timeout: int = 3_600
     # Celery events for Flower
@@ -162,6 +161,22 @@ class Settings:
         """A copy with ``changes`` applied and validated."""
         return _build({**_as_dict(self), **changes})
 
+
+#: Settings earlier versions had; naming one is an error that says why it went.
+REMOVED_SETTINGS = {
+    "pool_request_timeout": "a call's limit is its `timeout` (default_command_timeout)",
+    "checkout_timeout": "the wait for a free worker is pool_queue_timeout",
+    "grpc_worker_execute_timeout": "the gRPC deadline is the call's own deadline "
+    "(`timeout`, default_command_timeout)",
+    "grpc_worker_stream_timeout": "the gRPC deadline of a stream is its own deadline "
+    "(`timeout`, pool_streaming_timeout)",
+    "pool_reconcile_interval_ms": "workers are restarted as soon as they exit; there is no "
+    "reconcile loop",
+    "pool_reconcile_batch_size": "workers are restarted as soon as they exit; there is no "
+    "reconcile loop",
+    "health_monitor_check_interval": "health is computed from the crash window "
+    "(health_monitor_crash_window_ms) whenever it is asked for",
+}
 
 _SETTING_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _POOL_FIELDS = {f.name: f for f in dataclasses.fields(PoolConfig)}
@@ -205,6 +220,9 @@ def _parse_toml(path: Path, table: tuple[str, ...] | None) -> dict[str, Any]:
 
 def _read_env(env: typing.Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    for name in REMOVED_SETTINGS:
+        if env.get("SNAKEPIT_" + name.upper()):
+            values[name] = env["SNAKEPIT_" + name.upper()]  # rejected by _build, by name
     for name in _SETTING_FIELDS:
         raw = env.get("SNAKEPIT_" + name.upper())
         if raw is None or raw == "":
@@ -310,6 +328,13 @@ def _build_pool(raw: Any, index: int) -> PoolConfig:
 
 
 def _build(values: dict[str, Any]) -> Settings:
+    removed = sorted(set(values) & set(REMOVED_SETTINGS))
+    if removed:
+        raise ConfigurationError(
+            "; ".join(f"setting {n!r} is no longer used: {REMOVED_SETTINGS[n]}; remove it"
+                      for n in removed),
+            {"removed": removed},
+        )
     unknown = sorted(set(values) - set(_SETTING_FIELDS))
     if unknown:
         raise ConfigurationError(

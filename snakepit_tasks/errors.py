@@ -98,6 +98,19 @@ class SerializationError(SnakepitError):
     """A value could not be encoded or decoded."""
 
 
+class DeadLettered(SnakepitError):
+    """The node could not decode or accept the call's message; it was moved to the dead-letter
+    list instead of being run."""
+
+
+class DeviceNotAvailable(SnakepitError):
+    """The requested device (``cuda``, ``mps``, ``rocm`` ...) is not present on this host."""
+
+
+class NoDevice(SnakepitError):
+    """None of the devices in a fallback list is available."""
+
+
 ERROR_CLASSES: dict[str, type[SnakepitError]] = {
     cls.__name__: cls
     for cls in (
@@ -118,5 +131,37 @@ ERROR_CLASSES: dict[str, type[SnakepitError]] = {
         RedisUnavailable,
         StreamTruncated,
         SerializationError,
+        DeadLettered,
+        DeviceNotAvailable,
+        NoDevice,
     )
 }
+
+
+def to_wire(error: BaseException) -> dict[str, Any]:
+    """The wire form of an error: ``{"class", "message", "details"}``, JSON-encodable.
+
+    A project error keeps its class (or its nearest registered base class); any other
+    exception becomes a :class:`SnakepitError` naming the original type.
+    """
+    if isinstance(error, SnakepitError):
+        cls: type[BaseException] = type(error)
+        while cls.__name__ not in ERROR_CLASSES or ERROR_CLASSES[cls.__name__] is not cls:
+            cls = cls.__mro__[1]
+        return {"class": cls.__name__, "message": error.message, "details": error.details}
+    return {
+        "class": "SnakepitError",
+        "message": f"{type(error).__name__}: {error}",
+        "details": {"type": type(error).__name__},
+    }
+
+
+def from_wire(body: Any, default_message: str = "call failed") -> SnakepitError:
+    """The error an error's wire form describes, as its original class."""
+    if not isinstance(body, dict):
+        return SnakepitError(f"{default_message}: {body!r}")
+    cls = ERROR_CLASSES.get(str(body.get("class", "")), SnakepitError)
+    details = body.get("details")
+    return cls(str(body.get("message") or default_message),
+               details if isinstance(details, dict) else {})
+

@@ -135,3 +135,8 @@ def health(pool: str) -> str:
 def stream_ack(call_id: str) -> str:
     """The last chunk a reader of the call's stream has consumed (backpressure)."""
     return f"{PREFIX}:stream:{call_id}:ack"
+
+
+def dead_letters(pool: str) -> str:
+    """List of messages ``pool``'s nodes could not decode or accept (newest first)."""
+    return f"{PREFIX}:pool:{pool}:dead_letters"

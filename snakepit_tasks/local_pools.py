@@ -8,18 +8,16 @@ stops what it started, leaving no process behind.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from . import app as app_module
-from . import caller, state
+from . import caller, connections, pool_state, processes
 from .embedded_redis import EmbeddedRedis
 from .errors import ConfigurationError
 
@@ -53,10 +51,10 @@ def start_pools(pools: list[str] | None = None, *, timeout: float = 30.0) -> lis
         app = app_module.configure(settings.replace(redis_url=_embedded.url))
         settings = app.snakepit_settings
     env["SNAKEPIT_REDIS_URL"] = settings.redis_url
-    r = state.redis_client(settings.redis_url)
+    r = connections.redis_client(settings.redis_url)
     started = []
     for pool in pools or [p.name for p in settings.pools]:
-        if state.pool_is_alive(r, pool):
+        if pool_state.pool_is_alive(r, pool):
             continue
         node = subprocess.Popen(
             [sys.executable, "-m", "snakepit_tasks", "worker", "--pool", pool,
@@ -81,20 +79,9 @@ def cleanup(timeout: float = 10.0) -> dict[str, Any]:
     with _lock:
         nodes, _nodes[:] = list(_nodes), []
         embedded, _embedded = _embedded, None
-    for node in nodes:
-        if node.poll() is None:
-            node.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    killed = []
-    for node in nodes:
-        try:
-            node.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait(5)
-            killed.append(node.pid)
+    killed = [e.pid for e in processes.terminate_all(nodes, timeout) if e.killed]
     app_module.reset_default_app()
-    state.close_clients()
+    connections.close_clients()
     if embedded is not None:
         embedded.stop()
     return {"ok": True} if not killed else {"ok": False, "timeout": killed}

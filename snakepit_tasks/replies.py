@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from . import keys, serialization
-from .errors import ERROR_CLASSES, SnakepitError
+from .errors import from_wire, to_wire
 
 REPLY_TTL_SECONDS = 300
 MAX_BLOCK_SECONDS = 10.0
@@ -23,12 +23,7 @@ def encode_outcome(result: Any = None, error: BaseException | None = None) -> by
     """A reply body: the result, or the error as class name, message and details."""
     if error is None:
         return b'{"ok":true,"result":' + serialization.encode_result(result) + b"}"
-    if isinstance(error, SnakepitError):
-        body = {"class": type(error).__name__, "message": error.message, "details": error.details}
-    else:
-        body = {"class": "SnakepitError", "message": f"{type(error).__name__}: {error}",
-                "details": {"type": type(error).__name__}}
-    return json.dumps({"ok": False, "error": body}, default=str).encode()
+    return json.dumps({"ok": False, "error": to_wire(error)}, default=str).encode()
 
 
 def push(pipe: Any, call_id: str, body: bytes) -> None:
@@ -40,12 +35,10 @@ def push(pipe: Any, call_id: str, body: bytes) -> None:
 
 def outcome(body: bytes) -> Any:
     """The result in a reply body, or raise its error as the original class."""
-    data = json.loads(body)
+    data = serialization.decode(body)
     if data.get("ok"):
         return data.get("result")
-    err = data.get("error") or {}
-    cls = ERROR_CLASSES.get(err.get("class", ""), SnakepitError)
-    raise cls(err.get("message", "call failed"), err.get("details") or {})
+    raise from_wire(data.get("error"))
 
 
 def pop(r: redis.Redis, call_id: str, deadline: float) -> bytes | None:

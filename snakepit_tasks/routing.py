@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from kombu import Queue
 
-from . import keys, serialization, sessions, state
+from . import connections, keys, kombu_redis, pool_state, serialization, session_store
+from .call import Call
 from .config import AFFINITY_MODES, Settings
 from .errors import (
     ConfigurationError,
@@ -22,130 +21,82 @@ from .errors import (
     SnakepitError,
     WorkerBusy,
 )
-
-CALL_PARAMS = (
-    "command",
-    "args",
-    "pool",
-    "timeout",
-    "deadline",
-    "session_id",
-    "stream",
-    "affinity",
-    "reply",
-    # Set by routing, not by callers:
-    "worker",
-    "fallback",
-    "enqueued_at",
-)
-MAX_SESSION_ID = 256
+from .queues import declare_queue
 
 
 @dataclass(frozen=True)
-class Call:
-    """A validated call: the task's keyword arguments and its queue."""
+class Route:
+    """A validated call and the queue it travels in."""
 
-    kwargs: dict[str, Any]
+    call: Call
     queue: Queue
-    pool: str
-    deadline: float
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The call as the task's keyword arguments."""
+        return self.call.to_kwargs()
+
+    @property
+    def pool(self) -> str:
+        return self.call.pool or ""
+
+    @property
+    def deadline(self) -> float:
+        return float(self.call.deadline or 0.0)
 
 
-def normalize(args: Any, kwargs: Any) -> dict[str, Any]:
-    """Fold positional task arguments into keywords; reject unknown ones."""
-    args = tuple(args or ())
-    kwargs = dict(kwargs or {})
-    if len(args) > len(CALL_PARAMS):
+def parse(settings: Settings, args: Any, kwargs: Any) -> Call:
+    """Validate a call with the caller's defaults (pool, deadline, queue clock)."""
+    call = Call.parse(
+        args,
+        kwargs,
+        default_pool=settings.default_pool_name,
+        default_timeout_ms=settings.default_command_timeout,
+        streaming_timeout_ms=settings.pool_streaming_timeout,
+    )
+    size = len(serialization.encode_args(call.args))
+    if size > settings.max_call_bytes:
         raise SerializationError(
-            f"snakepit.execute takes at most {len(CALL_PARAMS)} positional arguments "
-            f"({', '.join(CALL_PARAMS)}), got {len(args)}"
+            f"the call's arguments are {size} bytes, over max_call_bytes "
+            f"({settings.max_call_bytes}); pass large data by reference or through the "
+            "zero-copy path, or raise the limit",
+            {"size": size, "limit": settings.max_call_bytes},
         )
-    for name, value in zip(CALL_PARAMS, args, strict=False):
-        if name in kwargs:
-            raise SerializationError(f"snakepit.execute got {name!r} twice")
-        kwargs[name] = value
-    unknown = sorted(set(kwargs) - set(CALL_PARAMS))
-    if unknown:
-        raise SerializationError(
-            f"snakepit.execute got unknown argument(s) {', '.join(unknown)}; "
-            f"it takes {', '.join(CALL_PARAMS)}"
-        )
-    return kwargs
+    return call
 
 
-def prepare(settings: Settings, args: Any, kwargs: Any) -> Call:
+def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
     """Validate a call and decide its queue; raise before anything is sent."""
-    call = normalize(args, kwargs)
-    command = call.get("command")
-    if not isinstance(command, str) or not command:
-        raise SerializationError(
-            f"the tool name must be a non-empty string, got {command!r}",
-            {"command": repr(command)},
-        )
-    serialization.check_args(call.get("args"))
-    timeout = call.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise SerializationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    session_id = call.get("session_id") or None
-    if session_id is not None and (
-        not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID
-    ):
-        raise SerializationError(
-            f"session_id must be a string of at most {MAX_SESSION_ID} characters, "
-            f"got {session_id!r}"
-        )
-    pool = call.get("pool") or settings.default_pool_name
-    call["pool"] = pool
-    if call.get("deadline") is None:
-        streaming = bool(call.get("stream"))
-        default_ms = (
-            settings.pool_streaming_timeout if streaming else settings.default_command_timeout
-        )
-        seconds = timeout if timeout is not None else default_ms / 1000
-        call["deadline"] = time.time() + float(seconds)
-    call.setdefault("enqueued_at", time.time())
-    if call.get("enqueued_at") is None:
-        call["enqueued_at"] = time.time()
-
-    r = state.redis_client(settings.redis_url)
+    call = parse(settings, args, kwargs)
+    pool = call.pool or settings.default_pool_name
+    session_id = call.session_id
+    r = connections.redis_client(settings.redis_url)
     queue_name = keys.pool_queue(pool)
     with r.pipeline(transaction=False) as pipe:  # one round trip for the common case
         pipe.exists(keys.pool_alive(pool))
-        state.queue_length_into(pipe, queue_name)
+        kombu_redis.queue_length_into(pipe, queue_name)
         if session_id:
             pipe.hmget(keys.session(session_id), "worker", "node")
         replies = pipe.execute()
     if not replies[0]:
         raise missing_pool_error(settings, r, pool)
-    waiting = sum(replies[1 : 1 + state.QUEUE_PARTS])
+    waiting = sum(replies[1 : 1 + kombu_redis.QUEUE_PARTS])
     if session_id:
-        call["affinity"] = affinity_for(settings, pool, call.get("affinity"))
-        bound = replies[1 + state.QUEUE_PARTS]
-        bound_worker, bound_node = (state.text(v) if v else None for v in bound)
+        call = call.replace(affinity=affinity_for(settings, pool, call.affinity))
+        bound = replies[1 + kombu_redis.QUEUE_PARTS]
+        bound_worker, bound_node = (connections.text(v) if v else None for v in bound)
         if bound_worker and bound_node:
-            queue_name = _session_queue(r, call, session_id, bound_worker, bound_node)
+            call, queue_name = _session_route(r, call, session_id, bound_worker, bound_node)
             if queue_name != keys.pool_queue(pool):
-                waiting = state.queue_length(r, queue_name)
+                waiting = kombu_redis.queue_length(r, queue_name)
     if waiting >= settings.pool_max_queue_size:
-        state.count(r, pool, pool_saturated=1)
+        pool_state.count(r, pool, pool_saturated=1)
         raise QueueFull(
             f"{waiting} calls already wait in {queue_name} (pool_max_queue_size is "
             f"{settings.pool_max_queue_size}); retry later or add workers",
             {"pool": pool, "queued": waiting},
         )
-    from .app import declare_queue
-
-    return Call(
-        kwargs=call,
-        queue=declare_queue(queue_name),
-        pool=pool,
-        deadline=float(call["deadline"]),
-    )
+    return Route(call=call, queue=declare_queue(queue_name))
 
 
 def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
@@ -162,11 +113,12 @@ def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
     return settings.affinity
 
 
-def _session_queue(
-    r: Any, call: dict[str, Any], session_id: str, worker: str, node: str
-) -> str:
+def _session_route(
+    r: Any, call: Call, session_id: str, worker: str, node: str
+) -> tuple[Call, str]:
     """Route a call of a bound session according to its affinity mode."""
-    mode = call["affinity"]
+    mode = call.affinity
+    pool = call.pool or ""
     with r.pipeline(transaction=False) as pipe:
         pipe.exists(keys.node_lease(node))
         pipe.hget(keys.node_workers(node), worker)
@@ -185,24 +137,22 @@ def _session_queue(
                 f"(affinity {mode}); start a new session or use affinity='hint'",
                 details,
             )
-        sessions.unbind(r, session_id)  # the next worker to run it binds it
-        return keys.pool_queue(call["pool"])
+        session_store.unbind(r, session_id)  # the next worker to run it binds it
+        return call, keys.pool_queue(pool)
     if busy and mode == "strict_fail_fast":
         raise WorkerBusy(
             f"session {session_id!r}: worker {worker} is busy (affinity strict_fail_fast)",
             details,
         )
     if busy and mode == "hint":
-        call["fallback"] = True  # run anywhere, keep the binding
-        return keys.pool_queue(call["pool"])
-    call["worker"] = worker
-    return keys.node_queue(node)
+        return call.replace(fallback=True), keys.pool_queue(pool)  # run anywhere, keep binding
+    return call.replace(worker=worker), keys.node_queue(node)
 
 
 def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
     """PoolNotFound for an unknown pool, NoWorkersAvailable when no node serves it."""
     configured = {p.name for p in settings.pools}
-    known = configured | state.known_pools(r)
+    known = configured | pool_state.known_pools(r)
     if pool not in known:
         return PoolNotFound(
             f"unknown pool {pool!r}; known pools: {', '.join(sorted(known)) or 'none'}",
@@ -217,10 +167,6 @@ def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
 
 def check_pool(settings: Settings, pool: str) -> None:
     """Raise PoolNotFound / NoWorkersAvailable unless a node serves ``pool`` right now."""
-    r = state.redis_client(settings.redis_url)
-    if not state.pool_is_alive(r, pool):
+    r = connections.redis_client(settings.redis_url)
+    if not pool_state.pool_is_alive(r, pool):
         raise missing_pool_error(settings, r, pool)
-
-
-def forget_liveness() -> None:
-    """Kept for callers of earlier versions: liveness is no longer cached."""

@@ -13,11 +13,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from . import connections, keys, processes
 from .config import PoolConfig, Settings
 
 log = logging.getLogger("snakepit_tasks.supervisor")
 
-FAILED_START_SECONDS = 10.0
+#: A node that served this long before it died starts its backoff afresh (seconds).
+STABLE_SECONDS = 30.0
+#: Longest wait before a node is started again (seconds).
+MAX_BACKOFF_SECONDS = 30.0
+#: How much longer than ``graceful_shutdown_timeout_ms`` a node gets to stop before SIGKILL.
+STOP_MARGIN_SECONDS = 10.0
 
 
 @dataclass
@@ -29,7 +35,8 @@ class NodeSpec:
     workers: int
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    failures: int = 0
+    ready_at: float | None = None  # when its lease appeared: it serves
+    failures: int = 0  # deaths in a row without a stable run
     given_up: bool = False
     history: list[int] = field(default_factory=list)
 
@@ -85,6 +92,7 @@ class Supervisor:
             node_command(spec, self.loglevel, self.settings), env=env, stdin=subprocess.DEVNULL
         )
         spec.started = time.monotonic()
+        spec.ready_at = None
         log.info("started node %s (pid %s)", spec.name, spec.process.pid)
 
     def request_stop(self, *_: object) -> None:
@@ -99,49 +107,65 @@ class Supervisor:
             self._spawn(spec)
         # Started by a demo or a script: stop when that process dies, however it dies.
         watched = int(os.environ.get("SNAKEPIT_WATCH_PID", "0") or 0)
+        if watched:
+            processes.watch_parent(watched, self._starter_gone, interval=0.2)
         try:
             while not self._stop.wait(0.2):
-                if watched and os.getppid() != watched:
-                    log.warning("the process that started these nodes is gone; stopping")
-                    break
                 for spec in self.specs:
                     self._check(spec)
                 if all(s.given_up for s in self.specs):
-                    log.error("every node failed to start; giving up")
-                    return 1
+                    log.error("no node can start (their adapters cannot be imported)")
+                    return processes.EXIT_ADAPTER_UNLOADABLE
         finally:
             self.stop_all()
         return 0
 
+    def _starter_gone(self) -> None:
+        log.warning("the process that started these nodes is gone; stopping")
+        self._stop.set()
+
     def _check(self, spec: NodeSpec) -> None:
-        if spec.given_up or spec.process is None or spec.process.poll() is None:
+        """Restart a node that died, with backoff; tell a failed start from a crash."""
+        if spec.given_up or spec.process is None:
+            return
+        if spec.process.poll() is None:
+            if spec.ready_at is None and self._has_lease(spec):
+                spec.ready_at = time.monotonic()
             return
         code = spec.process.returncode
-        quick = time.monotonic() - spec.started < FAILED_START_SECONDS
-        spec.failures = spec.failures + 1 if quick else 0
-        if spec.failures > self.settings.worker_starter_max_restarts:
+        spec.history.append(code)
+        if code == processes.EXIT_ADAPTER_UNLOADABLE:
             spec.given_up = True
-            log.error(
-                "node %s (pool %r) failed to start %d times (last exit code %s); not retrying. "
-                "See its log above.", spec.name, spec.pool.name, spec.failures, code,
-            )
+            log.error("node %s (pool %r) cannot import its adapter %s (see above); not "
+                      "restarting it: fix the adapter setting or PYTHONPATH",
+                      spec.name, spec.pool.name, spec.pool.adapter)
             return
-        delay = min(10.0, 0.5 * 2**spec.failures) if quick else 0.5
-        log.warning("node %s exited with code %s; restarting in %.1fs", spec.name, code, delay)
+        # A node killed moments after it became ready may not have been seen serving yet;
+        # its lease outlives it by up to node_lease_ttl_ms.
+        served = spec.ready_at is not None or self._has_lease(spec)
+        if served and time.monotonic() - (spec.ready_at or 0.0) >= STABLE_SECONDS:
+            spec.failures = 0
+        spec.failures += 1
+        delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (spec.failures - 1))
+        what = "crashed" if served else "failed to start (never became ready)"
+        log.warning("node %s %s with exit code %s; starting it again in %.1fs",
+                    spec.name, what, code, delay)
         if self._stop.wait(delay):
             return
         self._spawn(spec)
 
+    def _has_lease(self, spec: NodeSpec) -> bool:
+        try:
+            return bool(connections.redis_client(self.settings.redis_url).exists(
+                keys.node_lease(spec.name)))
+        except Exception:
+            log.debug("could not read the lease of %s", spec.name, exc_info=True)
+            return False
+
     def stop_all(self) -> None:
         """SIGTERM every node, wait for their graceful shutdown, SIGKILL what remains."""
-        running = [s.process for s in self.specs if s.process and s.process.poll() is None]
-        for p in running:
-            p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.graceful_shutdown_timeout_ms / 1000 + 10
-        for p in running:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("node pid %s did not stop in time; killing it", p.pid)
-                p.kill()
-                p.wait(5)
+        running = [s.process for s in self.specs if s.process is not None]
+        grace = self.settings.graceful_shutdown_timeout_ms / 1000 + STOP_MARGIN_SECONDS
+        for ending in processes.terminate_all(running, grace):
+            if ending.killed:
+                log.warning("node pid %s did not stop in %.0fs; killed it", ending.pid, grace)

@@ -74,7 +74,6 @@ def pids() -> Iterator[ProcessTracker]:
 @pytest.fixture
 def make_app(redis_url: str) -> Iterator[Any]:
     from snakepit_tasks import app as app_module
-    from snakepit_tasks import routing
 
     def make(*pools: NodeHandle | dict[str, Any] | str, **settings: Any) -> Any:
         tables: dict[str, dict[str, Any]] = {}  # by pool name: two nodes of one pool = 1 table
@@ -86,11 +85,9 @@ def make_app(redis_url: str) -> Iterator[Any]:
             else:
                 table = p
             tables.setdefault(table["name"], table)
-        routing.forget_liveness()
         return app_module.configure(redis_url=redis_url, pools=list(tables.values()), **settings)
 
     yield make
-    routing.forget_liveness()
     app_module.reset_default_app()
 
 

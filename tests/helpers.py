@@ -283,10 +283,10 @@ class NodeHandle:
 
     def workers(self) -> list[dict[str, Any]]:
         """This node's worker snapshots as published in Redis."""
-        from snakepit_tasks import state
+        from snakepit_tasks import connections, pool_state
 
-        r = state.redis_client(self.redis_url)
-        for node in state.live_nodes(r, self.pool):
+        r = connections.redis_client(self.redis_url)
+        for node in pool_state.live_nodes(r, self.pool):
             if node["name"] == self.name:
                 for w in node["workers"]:
                     if w.get("pid"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
+import contextlib
 import importlib
 import inspect
 import json
@@ -18,19 +18,18 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 
-from .. import serialization
+from .. import processes, serialization
 from .._proto import bridge_pb2 as pb
 from .._proto import bridge_pb2_grpc as pb_grpc
 from ..errors import SerializationError
 from .adapter import BaseAdapter, SessionContext
-
-PR_SET_PDEATHSIG = 1
+from .limits import MAX_MESSAGE_BYTES
 
 
 class _ToolFailure(Exception):
@@ -59,6 +58,20 @@ def _error(kind: str, exc: BaseException | None = None, **fields: Any) -> pb.Err
         info.message = str(exc)
         info.traceback = "".join(traceback.format_exception(exc))
     return info
+
+
+def _error_info(exc: Exception) -> pb.ErrorInfo:
+    """What the node is told about a call that failed with ``exc``."""
+    if isinstance(exc, _ToolFailure):
+        return exc.info
+    if isinstance(exc, SerializationError):
+        return _error("serialization", exc)
+    return _error("adapter", exc)
+
+
+def _payload(value: Any) -> pb.Payload:
+    """``value`` encoded for the wire (raises SerializationError)."""
+    return pb.Payload(data=serialization.encode_result(value), encoding=serialization.JSON)
 
 
 def _rss_bytes() -> int:
@@ -132,15 +145,29 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         )
         return instance, getattr(instance, method_name), args
 
-    def _enter(self) -> None:
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the ``capacity`` slots, held for the whole call."""
         self._slots.acquire()
         with self._lock:
             self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight -= 1
+            self._slots.release()
 
-    def _leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-        self._slots.release()
+    @contextlib.contextmanager
+    def _tool(self, request: pb.ExecuteRequest) -> Iterator[Callable[[], Any]]:
+        """The requested tool bound to its arguments, on a fresh adapter instance that is
+        initialized before it and cleaned up after it (even when it raises)."""
+        instance, method, args = self._prepare(request)
+        instance.initialize()
+        try:
+            yield lambda: method(**args)
+        finally:
+            instance.cleanup()
 
     # -- RPCs ----------------------------------------------------------------------------
     def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
@@ -172,34 +199,17 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
 
     def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:  # noqa: N802
         started = time.perf_counter_ns()
-        self._enter()
-        try:
-            instance, method, args = self._prepare(request)
-        except _ToolFailure as failure:
-            self._leave()
-            return pb.ExecuteResponse(ok=False, error=failure.info)
-        except Exception as exc:  # the adapter's constructor raised
-            self._leave()
-            return pb.ExecuteResponse(ok=False, error=_error("adapter", exc))
-        try:
-            instance.initialize()
+        with self._slot():
             try:
-                value = method(**args)
-                if inspect.isgenerator(value) or inspect.isasyncgen(value):
-                    value = list(_iterate(value))
-            finally:
-                instance.cleanup()
-            data = serialization.encode_result(value)
-        except SerializationError as exc:
-            return pb.ExecuteResponse(ok=False, error=_error("serialization", exc))
-        except Exception as exc:
-            return pb.ExecuteResponse(ok=False, error=_error("adapter", exc))
-        finally:
-            self._leave()
+                with self._tool(request) as run:
+                    value = run()
+                    if inspect.isgenerator(value) or inspect.isasyncgen(value):
+                        value = list(_iterate(value))
+                result = _payload(value)
+            except Exception as exc:
+                return pb.ExecuteResponse(ok=False, error=_error_info(exc))
         return pb.ExecuteResponse(
-            ok=True,
-            result=pb.Payload(data=data, encoding=serialization.JSON),
-            duration_us=(time.perf_counter_ns() - started) // 1000,
+            ok=True, result=result, duration_us=(time.perf_counter_ns() - started) // 1000
         )
 
     def ExecuteStream(  # noqa: N802
@@ -207,24 +217,13 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
     ) -> Iterator[pb.StreamChunk]:
         stopped = threading.Event()
         context.add_callback(stopped.set)  # the caller went away, or the call ended
-        self._enter()
-        try:
-            try:
-                instance, method, args = self._prepare(request)
-            except _ToolFailure as failure:
-                yield pb.StreamChunk(seq=1, is_final=True, error=failure.info)
-                return
-            except Exception as exc:  # the adapter's constructor raised
-                yield pb.StreamChunk(seq=1, is_final=True, error=_error("adapter", exc))
-                return
+        with self._slot():
             seq = 0
             try:
-                instance.initialize()
-                try:
-                    value = method(**args)
+                with self._tool(request) as run:
+                    value = run()
                     if inspect.isgenerator(value) or inspect.isasyncgen(value):
-                        items = _iterate(value)
-                        try:
+                        with contextlib.closing(_iterate(value)) as items:
                             while not stopped.is_set():
                                 try:
                                     item = next(items)
@@ -232,29 +231,14 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                                     value = stop.value
                                     break
                                 seq += 1
-                                data = serialization.encode_result(item)
-                                yield pb.StreamChunk(
-                                    seq=seq,
-                                    data=pb.Payload(data=data, encoding=serialization.JSON),
-                                )
-                        finally:
-                            items.close()
-                finally:
-                    instance.cleanup()
+                                yield pb.StreamChunk(seq=seq, data=_payload(item))
                 if stopped.is_set():
                     return
-                final = pb.Payload(
-                    data=serialization.encode_result(value), encoding=serialization.JSON
-                )
-                yield pb.StreamChunk(seq=seq + 1, is_final=True, result=final)
+                yield pb.StreamChunk(seq=seq + 1, is_final=True, result=_payload(value))
             except GeneratorExit:
                 raise
-            except SerializationError as exc:
-                yield pb.StreamChunk(seq=seq + 1, is_final=True, error=_error("serialization", exc))
             except Exception as exc:
-                yield pb.StreamChunk(seq=seq + 1, is_final=True, error=_error("adapter", exc))
-        finally:
-            self._leave()
+                yield pb.StreamChunk(seq=seq + 1, is_final=True, error=_error_info(exc))
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
         return pb.HeartbeatResponse(
@@ -284,22 +268,12 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
 
 def _die_with_parent(parent_pid: int) -> None:
     """Exit when the node that started us is gone: parent-death signal plus a watch thread."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except OSError:
-            pass
-    if parent_pid and os.getppid() != parent_pid:
+    processes.set_parent_death_signal(signal.SIGKILL)
+    if not parent_pid:
+        return
+    if os.getppid() != parent_pid:
         os._exit(0)  # the parent died before we armed the signal
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if parent_pid and os.getppid() != parent_pid:
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    processes.watch_parent(parent_pid, lambda: os._exit(0))
 
 
 def _report(fd: int, message: dict[str, Any]) -> None:
@@ -332,6 +306,7 @@ def serve(
             ready_fd,
             {
                 "ok": False,
+                "kind": "adapter_load",
                 "error": f"cannot load adapter {adapter!r}: {type(exc).__name__}: {exc}",
                 "traceback": "".join(traceback.format_exception(exc)),
             },
@@ -343,8 +318,8 @@ def serve(
         futures.ThreadPoolExecutor(max_workers=capacity + 4, thread_name_prefix="tool"),
         options=[
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
     pb_grpc.add_AdapterRuntimeServicer_to_server(servicer, server)

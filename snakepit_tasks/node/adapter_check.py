@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .node.worker import worker_env
+from .worker import worker_env
 
 
 def check_adapter(

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import sys
-import threading
-import time
 from typing import Any
 
 from celery import bootsteps, signals
 
-from .. import keys
+from .. import keys, processes
+from .intake import install as install_intake
 from .node import Node
+from .worker import WorkerStartError
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -35,7 +34,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         snakepit_workers: int | None = None,
         **kwargs: Any,
     ) -> None:
-        from ..app import declare_queue
+        from ..queues import declare_queue
         from .kombu_fixes import install
 
         app = worker.app
@@ -80,7 +79,19 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         settings = worker.app.snakepit_settings
         node = Node(settings, self.pool, worker.hostname, count=self.count)
-        node.start()
+        try:
+            node.start()
+        except WorkerStartError as exc:
+            if not exc.details.get("adapter_load"):
+                raise
+            # It fails the same way every time: say it once and exit with a code the
+            # supervisor does not retry (its workers are already stopped).
+            log.critical("node %s cannot start pool %r: %s", worker.hostname, self.pool.name,
+                         exc)
+            sys.stderr.flush()
+            os._exit(processes.EXIT_ADAPTER_UNLOADABLE)
+        node.app = worker.app
+        install_intake(node.dead_letter)
         self.node = node
         worker.app.snakepit_node = node
 
@@ -98,15 +109,5 @@ def watch_parent() -> None:
     parent = int(os.environ.get("SNAKEPIT_PARENT_PID", "0") or 0)
     if not parent or os.getppid() != parent:
         return
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
-        except OSError:
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="snakepit-parent-watch", daemon=True).start()
+    processes.set_parent_death_signal(signal.SIGTERM)
+    processes.watch_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))

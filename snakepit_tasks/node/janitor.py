@@ -11,15 +11,15 @@ and busy counts, and records the backlog it found.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import keys, replies, sessions, state
+from .. import connections, keys, kombu_redis, lua, replies, session_store
+from ..call import Call
 from ..errors import SessionWorkerUnavailable, SnakepitError, WorkerCrashed
+from ..kombu_redis import UndecodableMessage
 from ..streaming import entries
 
 if TYPE_CHECKING:
@@ -32,29 +32,6 @@ log = logging.getLogger("snakepit_tasks.janitor")
 SWEEP_SECONDS = 1.0
 
 
-def decode_message(raw: bytes | str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A kombu Redis message and the keyword arguments of its snakepit.execute call."""
-    message = json.loads(raw)
-    body = message.get("body", "")
-    if message.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    _, kwargs, _ = json.loads(body)
-    return message, kwargs
-
-
-def encode_message(message: dict[str, Any], kwargs: dict[str, Any], queue: str) -> bytes:
-    """``message`` with new keyword arguments, addressed to ``queue``."""
-    body = json.loads(base64.b64decode(message["body"]))
-    body[1] = kwargs
-    message = dict(message)
-    message["body"] = base64.b64encode(json.dumps(body).encode()).decode()
-    message["headers"] = dict(message["headers"], kwargsrepr=repr(kwargs))
-    props = dict(message["properties"])
-    props["delivery_info"] = dict(props.get("delivery_info", {}), routing_key=queue)
-    message["properties"] = props
-    return json.dumps(message).encode()
-
-
 class Janitor:
     """Runs on every node; acts only while it holds the pool's janitor lock."""
 
@@ -64,6 +41,8 @@ class Janitor:
         self.r = node.redis
         self.pool = node.pool.name
         self._stop = threading.Event()
+        self._warned = False
+        self._release_taken = lua.script(self.r, "release_taken")
         self._thread = threading.Thread(target=self._run, name="snakepit-janitor", daemon=True)
 
     def start(self) -> None:
@@ -73,24 +52,47 @@ class Janitor:
         self._stop.set()
         try:
             lock = keys.janitor_lock(self.pool)
-            if state.text(self.r.get(lock) or b"") == self.node.name:
+            if connections.text(self.r.get(lock) or b"") == self.node.name:
                 self.r.delete(lock)
         except Exception:
             pass
 
     def _run(self) -> None:
+        next_session_check = 0.0
         while not self._stop.wait(SWEEP_SECONDS):
             try:
-                if self._hold_lock():
-                    self.sweep()
+                if not self._hold_lock():
+                    continue
+                self.sweep()
+                if time.monotonic() >= next_session_check:
+                    self.check_sessions()
+                    interval = self.node.settings.session_cleanup_interval / 1000
+                    next_session_check = time.monotonic() + interval
             except Exception:
                 log.warning("janitor sweep failed", exc_info=True)
+
+    def check_sessions(self) -> int:
+        """Prune expired sessions from the index (every ``session_cleanup_interval``) and warn
+        once the count reaches ``session_warning_threshold`` of the quota; returns the count."""
+        settings = self.node.settings
+        session_store.prune(self.r, time.time() - settings.session_default_ttl)
+        count = session_store.count(self.r)
+        limit = settings.session_max_sessions
+        near = count >= settings.session_warning_threshold * limit
+        if near and not self._warned:
+            log.warning(
+                "%d of session_max_sessions (%d) sessions exist (session_warning_threshold "
+                "%.2f); new sessions fail with SessionQuotaExceeded at the limit",
+                count, limit, settings.session_warning_threshold,
+            )
+        self._warned = near
+        return count
 
     def _hold_lock(self) -> bool:
         lock, ttl = keys.janitor_lock(self.pool), int(SWEEP_SECONDS * 5000)
         if self.r.set(lock, self.node.name, nx=True, px=ttl):
             return True
-        if state.text(self.r.get(lock) or b"") == self.node.name:
+        if connections.text(self.r.get(lock) or b"") == self.node.name:
             self.r.pexpire(lock, ttl)
             return True
         return False
@@ -99,14 +101,14 @@ class Janitor:
     def sweep(self) -> dict[str, int]:
         """One pass over the pool's dead nodes; returns the backlog found per dead node."""
         now = time.time()
-        members = [state.text(n) for n in self.r.smembers(keys.pool_nodes(self.pool))]
+        members = [connections.text(n) for n in self.r.smembers(keys.pool_nodes(self.pool))]
         with self.r.pipeline(transaction=False) as pipe:
             for name in members:
                 pipe.exists(keys.node_lease(name))
             alive = pipe.execute()
         dead = [n for n, up in zip(members, alive, strict=True) if not up and n != self.node.name]
         raw_watched = self.r.hgetall(keys.dead_nodes(self.pool))
-        watched = {state.text(k): float(v) for k, v in raw_watched.items()}
+        watched = {connections.text(k): float(v) for k, v in raw_watched.items()}
         backlog: dict[str, int] = {}
         for name in dead:
             if name not in watched:
@@ -132,7 +134,7 @@ class Janitor:
     def _drain(self, node: str) -> int:
         """Handle every message waiting in a dead node's queue; return how many there were."""
         count = 0
-        for suffix in state.PRIORITY_SUFFIXES:
+        for suffix in kombu_redis.PRIORITY_SUFFIXES:
             queue = keys.node_queue(node) + suffix
             while True:
                 raw: Any = self.r.rpop(queue)  # oldest first: kombu publishes with LPUSH
@@ -145,68 +147,71 @@ class Janitor:
     def _recover_unacked(self, dead: set[str]) -> None:
         """Messages a dead node had taken but not acknowledged: decide now rather than when
         Redis restores them after visibility_timeout."""
-        for tag, entry in self.r.hgetall(keys.UNACKED).items():
+        for tag, entry in self.r.hgetall(kombu_redis.UNACKED).items():
             try:
-                raw_message = json.loads(entry)[0]
-                message_raw = json.dumps(raw_message).encode()
-                _, kwargs = decode_message(message_raw)
-            except (ValueError, KeyError, IndexError, TypeError):
+                raw = kombu_redis.unacked_message(entry)
+                message, kwargs = kombu_redis.decode_message(raw)
+                call = Call.parse((), kwargs)
+            except (UndecodableMessage, SnakepitError):
                 continue
-            call_id = raw_message.get("headers", {}).get("id", "")
-            call_state = state.text(self.r.get(keys.call_state(call_id)) or b"")
+            call_id = kombu_redis.message_id(message)
+            call_state = connections.text(self.r.get(keys.call_state(call_id)) or b"")
             kind, _, holder = call_state.partition(":")
             owner = holder if kind == "started" else None  # the node that ran it
             taker = holder if kind == "taken" else None  # the node that held it, not started
-            queued_for_dead = any(
-                kwargs.get("worker", "").startswith(n + "/") for n in dead
-            ) if kwargs.get("worker") else False
+            queued_for_dead = bool(call.worker) and any(
+                (call.worker or "").startswith(n + "/") for n in dead
+            )
             if owner not in dead and taker not in dead and not (
                 owner is None and queued_for_dead
             ):
                 continue
             # Take it out of kombu's hands first, so it is never restored as well.
             with self.r.pipeline(transaction=True) as pipe:
-                pipe.hdel(keys.UNACKED, tag)
-                pipe.zrem(keys.UNACKED_INDEX, tag)
+                pipe.hdel(kombu_redis.UNACKED, tag)
+                pipe.zrem(kombu_redis.UNACKED_INDEX, tag)
                 removed = pipe.execute()[0]
             if removed:
-                self._handle(message_raw, started=owner is not None)
+                self._handle(raw, started=owner is not None, taken_by=taker)
 
-    def _handle(self, raw: bytes, *, started: bool) -> None:
+    def _handle(self, raw: bytes, *, started: bool, taken_by: str | None = None) -> None:
         try:
-            message, kwargs = decode_message(raw)
-        except (ValueError, KeyError, TypeError):
-            log.error("janitor: dropping an undecodable message: %r", raw[:200])
+            message, kwargs = kombu_redis.decode_message(raw)
+            call = Call.parse((), kwargs)
+        except (UndecodableMessage, SnakepitError) as exc:
+            log.error("janitor: dropping an undecodable message (%s): %r", exc, raw[:200])
             return
-        call_id = message["headers"]["id"]
-        session_id = kwargs.get("session_id")
-        strict = session_id and kwargs.get("affinity") in ("strict_queue", "strict_fail_fast")
-        command = kwargs.get("command", "")
-        if strict:
-            self._fail(call_id, kwargs, SessionWorkerUnavailable(
-                f"session {session_id!r} was bound to {kwargs.get('worker')}, whose node died "
-                f"(affinity {kwargs.get('affinity')})", {"session_id": session_id}))
+        call_id = kombu_redis.message_id(message)
+        session_id = call.session_id
+        if session_id and call.affinity in ("strict_queue", "strict_fail_fast"):
+            self._fail(call_id, call, SessionWorkerUnavailable(
+                f"session {session_id!r} was bound to {call.worker}, whose node died "
+                f"(affinity {call.affinity})", {"session_id": session_id}))
             return
-        if started and not self.node.is_idempotent(command):
-            self._fail(call_id, kwargs, WorkerCrashed(
-                f"the node running call {command!r} died; it is not re-run because the tool is "
-                "not idempotent", {"call_id": call_id}))
+        if started and not self.node.is_idempotent(call.command):
+            self._fail(call_id, call, WorkerCrashed(
+                f"the node running call {call.command!r} died; it is not re-run because the "
+                "tool is not idempotent", {"call_id": call_id}))
             return
         # Re-queued: its wait for a worker starts again (a node would otherwise see it as
         # having waited too long already).
-        kwargs = dict(kwargs, worker=None, fallback=False, enqueued_at=time.time())
-        pool_queue = keys.pool_queue(kwargs.get("pool") or self.pool)
-        self.r.rpush(pool_queue, encode_message(message, kwargs, pool_queue))  # runs next
-        log.info("janitor: re-routed call %s (%s) to %s", call_id, command, pool_queue)
+        rerouted = call.replace(worker=None, fallback=False, enqueued_at=time.time())
+        if taken_by:  # the dead node's mark goes, so later sweeps do not take it again
+            self._release_taken(keys=[keys.call_state(call_id)], args=[taken_by])
+        pool_queue = keys.pool_queue(call.pool or self.pool)
+        self.r.rpush(  # runs next
+            pool_queue, kombu_redis.encode_message(message, rerouted.to_kwargs(), pool_queue)
+        )
+        log.info("janitor: re-routed call %s (%s) to %s", call_id, call.command, pool_queue)
 
-    def _fail(self, call_id: str, kwargs: dict[str, Any], exc: SnakepitError) -> None:
+    def _fail(self, call_id: str, call: Call, exc: SnakepitError) -> None:
         log.warning("janitor: failing call %s: %s", call_id, exc)
         self.app.backend.mark_as_failure(call_id, exc)
         with self.r.pipeline(transaction=False) as pipe:
             pipe.hincrby(keys.pool_stats(self.pool), "errors", 1)
-            if kwargs.get("reply"):
+            if call.reply:
                 replies.push(pipe, call_id, replies.encode_outcome(error=exc))
-            if kwargs.get("stream"):
+            if call.stream:
                 pipe.xadd(keys.stream(call_id), entries.error_fields(exc),  # type: ignore[arg-type]
                           id="*")
                 pipe.expire(keys.stream(call_id), self.node.settings.stream_retention)
@@ -223,6 +228,6 @@ class Janitor:
         """Remove the session bindings to a dead node's workers. Until then strict callers
         learn their worker is gone (SessionWorkerUnavailable) instead of silently starting
         over elsewhere; hint callers re-bind on their next call."""
-        for info in sessions.list_sessions(self.pool, app=self.app):
+        for info in session_store.list_sessions(self.r, self.pool):
             if info.get("node") == node:
-                sessions.unbind(self.r, info["session_id"])
+                session_store.unbind(self.r, info["session_id"])

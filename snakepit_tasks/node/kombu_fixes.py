@@ -22,7 +22,7 @@ from typing import Any
 from kombu.transport import redis as redis_transport
 from kombu.transport.virtual import base
 
-from .. import state
+from .. import connections
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -51,7 +51,7 @@ def install(redis_url: str) -> None:
         try:
             ack(self, delivery_tag)
         except AttributeError:
-            r = state.redis_client(redis_url)
+            r = connections.redis_client(redis_url)
             with r.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.unacked_index_key, delivery_tag)
                 pipe.hdel(self.unacked_key, delivery_tag)

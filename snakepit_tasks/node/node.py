@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -11,42 +12,39 @@ import threading
 import time
 from typing import Any
 
-from .. import keys, replies, scripts, state
+from celery.exceptions import Ignore, Reject
+
+from .. import connections, dead_letters, keys, replies, serialization
 from .._proto import bridge_pb2 as pb
+from ..call import CLEANUP_COMMAND, Call
 from ..config import PoolConfig, Settings
 from ..errors import (
     AdapterError,
+    ConfigurationError,
+    DeadLettered,
     QueueTimeout,
-    SessionQuotaExceeded,
-    SessionWorkerUnavailable,
+    SerializationError,
     SnakepitError,
-    WorkerBusy,
     WorkerCrashed,
 )
+from ..queues import declare_queue
 from ..resilience import HealthMonitor
-from ..sessions import CLEANUP_COMMAND
+from ..streaming import entries
 from ..streaming.writer import ChunkWriter
+from . import lease
+from .claim import Claims, DuplicateCopy, Redirect
+from .janitor import Janitor
 from .worker import AdapterWorker
 from .workerset import NodeDraining, WorkerGone, WorkerSet
 
 log = logging.getLogger("snakepit_tasks.node")
 
 _ALPHABET = string.ascii_lowercase + string.digits
-CALL_STATE_MARGIN_MS = 60_000
 
 
 def new_run_id() -> str:
     """A short random id for one run of a node (7 base-36 characters)."""
     return "".join(secrets.choice(_ALPHABET) for _ in range(7))
-
-
-class Redirect(Exception):  # noqa: N818 - control flow, never reaches a caller
-    """The call's session lives on another node's worker: send the call there."""
-
-    def __init__(self, worker_id: str, node: str) -> None:
-        super().__init__(worker_id, node)
-        self.worker_id = worker_id
-        self.node = node
 
 
 class Node:
@@ -60,7 +58,7 @@ class Node:
         self.name = name
         self.run_id = new_run_id()
         self.started_at = time.time()
-        self.redis = state.redis_client(settings.redis_url)
+        self.redis = connections.redis_client(settings.redis_url)
         self.workers = WorkerSet(
             settings,
             pool,
@@ -70,7 +68,7 @@ class Node:
             instance=settings.instance_name,
             on_exit=self._worker_exited,
         )
-        self.lease = state.NodeLease(
+        self.lease = lease.NodeLease(
             self.redis,
             name,
             pool.name,
@@ -78,10 +76,10 @@ class Node:
             settings.node_lease_interval_ms,
             self._describe,
         )
-        self._start_call = scripts.script(self.redis, "start_call")
-        self._give_up_call = scripts.script(self.redis, "give_up_call")
+        self.claims = Claims(self.redis, settings, pool, name, self.workers)
         self._shutdown_timer: threading.Timer | None = None
         self.janitor: Any = None
+        self.app: Any = None  # the Celery app, once the node runs inside one
         self.health = HealthMonitor(pool.name, redis=self.redis, settings=settings)
 
     # -- life cycle ----------------------------------------------------------------------
@@ -104,8 +102,7 @@ class Node:
         Celery ``app``, also take a turn at cleaning up after dead nodes of the pool."""
         self.lease.start()
         if app is not None:
-            from .janitor import Janitor
-
+            self.app = app
             self.janitor = Janitor(self, app)
             self.janitor.start()
 
@@ -132,49 +129,145 @@ class Node:
             log.debug("could not clear busy counts", exc_info=True)
 
     # -- calls ---------------------------------------------------------------------------
-    def run(
+    def run_task(self, task: Any, args: Any, kwargs: Any) -> Any:
+        """Run the call a ``snakepit.execute`` task message carries (Celery lane)."""
+        call_id = task.request.id or ""
+        try:
+            call = Call.parse(
+                args,
+                kwargs,
+                default_pool=self.pool.name,
+                default_timeout_ms=self.settings.default_command_timeout,
+                streaming_timeout_ms=self.settings.pool_streaming_timeout,
+            )
+            size = len(serialization.encode_args(call.args))
+            if size > self.settings.max_call_bytes:
+                raise SerializationError(
+                    f"the call's arguments are {size} bytes, over max_call_bytes "
+                    f"({self.settings.max_call_bytes})", {"size": size}
+                )
+        except SnakepitError as exc:
+            # Anything can be pushed into a queue: refuse what the caller API would refuse.
+            delivery = getattr(task.request, "delivery_info", None) or {}
+            stream = isinstance(kwargs, dict) and kwargs.get("stream") is True
+            self.dead_letter(
+                str(delivery.get("routing_key") or keys.pool_queue(self.pool.name)),
+                _message_preview(args, kwargs), str(exc), call_id, stream=stream, error=exc,
+            )
+            raise Ignore() from None
+        if call.pool != self.pool.name:
+            misrouted = ConfigurationError(
+                f"a call for pool {call.pool!r} reached node {self.name} of pool "
+                f"{self.pool.name!r}"
+            )
+            if call.reply:
+                self.reply_failure(call_id, misrouted)
+            raise misrouted
+        try:
+            return self.run(call, call_id)
+        except DuplicateCopy as copy:
+            # The live node that started this call answers it; this copy leaves no trace.
+            log.debug("dropping a copy of call %s (started by %s)", call_id, copy.holder)
+            raise Ignore() from None
+        except NodeDraining:
+            # Not started and this node is stopping: back to the queue for another node (a
+            # pinned call's queue is then handled by the janitor once this node is gone).
+            raise Reject(
+                "node shutting down; the call goes back to its queue", requeue=True
+            ) from None
+        except Redirect as moved:
+            # Lost a race to bind the session: send the call to the session's worker, under
+            # the same task id so the caller's AsyncResult still answers.
+            rerouted = call.replace(worker=moved.worker_id, fallback=False)
+            raise task.replace(
+                task.signature(
+                    (), rerouted.to_kwargs(), queue=declare_queue(keys.node_queue(moved.node)),
+                    immutable=True,
+                )
+            ) from None
+
+    def dead_letter(
         self,
-        command: str,
-        args: Any,
+        queue: str,
+        raw: bytes | str,
+        reason: str,
+        call_id: str = "",
         *,
-        deadline: float,
-        call_id: str,
-        session_id: str = "",
-        worker: str | None = None,
-        affinity: str | None = None,
-        fallback: bool = False,
-        enqueued_at: float | None = None,
         stream: bool = False,
-        reply: bool = False,
-    ) -> Any:
+        error: SnakepitError | None = None,
+    ) -> None:
+        """Keep a message this node refused (never run), and tell a caller waiting on it."""
+        log.error("node %s: refused a message from %s (kept as a dead letter): %s; %s",
+                  self.name, queue, reason, dead_letters.preview(raw, 120))
+        dead_letters.record(self.redis, self.pool.name, queue=queue, reason=reason, raw=raw,
+                            call_id=call_id, node=self.name)
+        if not call_id:
+            return
+        if error is None:
+            error = DeadLettered(
+                f"node {self.name} could not accept call {call_id} from {queue}: {reason}; "
+                "it was not run (see `snakepit-tasks status --dead-letters`)",
+                {"call_id": call_id, "queue": queue},
+            )
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.pool_stats(self.pool.name), "errors", 1)
+            replies.push(pipe, call_id, replies.encode_outcome(error=error))
+            if stream:
+                pipe.xadd(keys.stream(call_id), entries.error_fields(error),  # type: ignore[arg-type]
+                          id="*")
+                pipe.expire(keys.stream(call_id), self.settings.stream_retention)
+            pipe.execute()
+        if self.app is not None:
+            self.app.backend.mark_as_failure(call_id, error)
+
+    def run(self, call: Call, call_id: str) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
         tool (streaming its chunks when asked), count it, and push the outcome to the caller
         when it waits for a direct ``reply``."""
-        if command == CLEANUP_COMMAND:
-            return self._cleanup_session(session_id, worker, deadline)
+        deadline = float(call.deadline or time.time())
+        session_id = call.session_id or ""
+        stream, reply = call.stream, call.reply
+        if call.command == CLEANUP_COMMAND:
+            return self._cleanup_session(session_id, call.worker, deadline)
+        claimed = None
         try:
-            slot = self._take_slot(
-                call_id, session_id, worker, affinity, fallback, enqueued_at, deadline, command
+            claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command))
+            if claimed.new_session:
+                self._initialize_session(claimed.slot, session_id)
+        except (DuplicateCopy, Redirect, NodeDraining):
+            raise
+        except Exception as failed:
+            exc = failed if isinstance(failed, SnakepitError) else SnakepitError(
+                f"the call failed on node {self.name} before it ran: {failed!r}",
+                {"type": type(failed).__name__},
             )
-        except SnakepitError as exc:
+            if not isinstance(failed, SnakepitError):
+                log.exception("call %s failed before it ran", call_id)
             if stream:
                 self._writer(call_id, deadline).fail(exc)
+            if claimed is not None:  # the session hook failed: the slot goes back
+                self.workers.release(claimed.slot)
             # queue timeouts are counted where they are decided (give_up_call.lua)
             counted = 0 if isinstance(exc, QueueTimeout) else 1
-            self._finish(call_id if reply else None, exc, errors=counted, requests=counted)
-            raise
+            self._finish(
+                call_id if reply else None, exc, errors=counted, requests=counted,
+                busy_worker=claimed.slot.worker_id if claimed is not None else None,
+            )
+            raise exc from None
+        slot = claimed.slot
         writer = self._writer(call_id, deadline) if stream else None
         held = [slot]  # the slot this call holds now (a re-run may move it)
         outcome: Any = None
         failure: BaseException | None = None
         requeued = False
         try:
-            call = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
+            command, args = call.command, call.args
+            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
             if writer is None:
-                outcome = self._execute_guarded(held, command, args, **call)
+                outcome = self._execute_guarded(held, command, args, **where)
                 return outcome
             outcome = self._stream_guarded(
-                held, command, args, on_chunk=writer.put, cancelled=writer.cancelled, **call
+                held, command, args, on_chunk=writer.put, cancelled=writer.cancelled, **where
             )
             writer.finish(outcome)
             return outcome
@@ -275,137 +368,6 @@ class Node:
             ttl=int(max(0.0, deadline - time.time())) + self.settings.stream_retention,
         )
 
-    def _take_slot(
-        self,
-        call_id: str,
-        session_id: str,
-        worker: str | None,
-        affinity: str | None,
-        fallback: bool,
-        enqueued_at: float | None,
-        deadline: float,
-        command: str = "",
-    ) -> AdapterWorker:
-        queue_deadline = deadline
-        if enqueued_at is not None:
-            queue_deadline = min(deadline, enqueued_at + self.settings.pool_queue_timeout / 1000)
-        if time.time() > queue_deadline:
-            self._give_up(call_id)  # picked up too late: it never runs
-            raise QueueTimeout(
-                "the call waited longer than pool_queue_timeout and was not run",
-                {"pool": self.pool.name},
-            )
-        ids = {w.worker_id for w in self.workers.workers}
-        wanted = worker
-        while True:
-            if wanted is not None and wanted not in ids:
-                raise SessionWorkerUnavailable(
-                    f"worker {wanted} is not on node {self.name} any more",
-                    {"worker_id": wanted, "session_id": session_id},
-                )
-            fail_fast = wanted is not None and affinity == "strict_fail_fast"
-            try:
-                try:
-                    slot = self.workers.acquire(time.time(), wanted)
-                except QueueTimeout:
-                    if fail_fast:
-                        raise
-                    # It will wait here: say so, so a janitor can re-route it if we die.
-                    self._mark_taken(call_id, deadline)
-                    slot = self.workers.acquire(queue_deadline, wanted)
-            except QueueTimeout:
-                if fail_fast:
-                    raise WorkerBusy(
-                        f"worker {wanted} is busy (affinity strict_fail_fast)",
-                        {"worker_id": wanted, "session_id": session_id},
-                    ) from None
-                self._give_up(call_id)
-                raise
-            status, bound, bound_node, new = self._claim(
-                call_id,
-                slot,
-                session_id,
-                bind=not fallback,
-                deadline=deadline,
-                rerun_ok=self.is_idempotent(command),
-            )
-            if status == "ok":
-                if new and session_id:
-                    self._initialize_session(slot, session_id)
-                return slot
-            self.workers.release(slot)
-            if status == "timed_out":
-                raise QueueTimeout(
-                    "the call waited longer than pool_queue_timeout and was not run",
-                    {"pool": self.pool.name},
-                )
-            if status == "duplicate":
-                raise WorkerCrashed(
-                    "this call was started before by a node that died; it is not run again "
-                    "because the tool is not idempotent (declare @tool(idempotent=True) to "
-                    "allow re-runs)",
-                    {"call_id": call_id},
-                )
-            if status == "quota":
-                raise SessionQuotaExceeded(
-                    f"session {session_id!r} cannot start: session_max_sessions "
-                    f"({self.settings.session_max_sessions}) sessions exist; end some with "
-                    "snakepit_tasks.sessions.delete() or raise the limit",
-                    {"session_id": session_id},
-                )
-            # moved: the session is bound to another worker
-            if bound_node == self.name and bound in ids:
-                wanted = bound
-                continue
-            raise Redirect(bound, bound_node)
-
-    def _claim(
-        self,
-        call_id: str,
-        slot: AdapterWorker,
-        session_id: str,
-        *,
-        bind: bool,
-        deadline: float,
-        rerun_ok: bool = False,
-    ) -> tuple[str, str, str, bool]:
-        ttl_ms = int(max(0.0, deadline - time.time()) * 1000) + CALL_STATE_MARGIN_MS
-        reply = self._start_call(
-            keys=[
-                keys.call_state(call_id),
-                keys.session(session_id),
-                keys.sessions(),
-                keys.busy(self.name),
-            ],
-            args=[
-                slot.worker_id,
-                self.name,
-                self.pool.name,
-                repr(time.time()),
-                self.settings.session_default_ttl,
-                self.settings.session_max_sessions,
-                session_id,
-                "1" if bind else "0",
-                ttl_ms,
-                "1" if rerun_ok else "0",
-            ],
-        )
-        status, bound, bound_node, new = (state.text(x) for x in reply)
-        return status, bound, bound_node, new == "1"
-
-    def _mark_taken(self, call_id: str, deadline: float) -> None:
-        ttl_ms = int(max(0.0, deadline - time.time()) * 1000) + CALL_STATE_MARGIN_MS
-        try:
-            self.redis.set(keys.call_state(call_id), f"taken:{self.name}", nx=True, px=ttl_ms)
-        except Exception:
-            log.debug("could not mark call %s taken", call_id, exc_info=True)
-
-    def _give_up(self, call_id: str) -> None:
-        ttl_ms = CALL_STATE_MARGIN_MS
-        self._give_up_call(
-            keys=[keys.call_state(call_id), keys.pool_stats(self.pool.name)], args=[ttl_ms]
-        )
-
     def _finish(
         self,
         reply_to: str | None,
@@ -496,3 +458,11 @@ class Node:
             self.lease.publish()
         except Exception:
             log.debug("could not publish lease", exc_info=True)
+
+
+def _message_preview(args: Any, kwargs: Any) -> str:
+    """A refused call's arguments as text, for its dead letter."""
+    try:
+        return json.dumps({"args": args, "kwargs": kwargs}, default=repr)[:4096]
+    except (TypeError, ValueError, RecursionError):
+        return repr(kwargs)[:4096]

@@ -6,19 +6,8 @@ One SQLite file per instance (``instance_name`` + ``instance_token``) in the nod
 ``<data_dir>/process_registry_<name>__<token>.sqlite3``. A node of another instance uses
 another file and is never touched.
 
-Safety rules of :meth:`ProcessRegistry.sweep` (Linux ``/proc``):
-
-- a process is signalled only if its pid still runs, its start time (``/proc/<pid>/stat``
-  field 22) equals the recorded one, it belongs to this user, and its command line still
-  carries ``--run-id <run>``: a reused pid is never signalled;
-- only runs whose recording node is gone (pid dead, or alive with another start time) are
-  swept: a live node of the same instance with another run id keeps its workers;
-- a runtime is its own process group leader (``start_new_session=True``), so the group gets
-  the signals: SIGTERM, ``grace_s`` seconds, then SIGKILL;
-- a runtime spawned but never recorded (node killed in between) is found in ``/proc`` by its
-  command line (``--run-id R --instance NAME``, R a run of a gone node noted by
-  :meth:`ProcessRegistry.begin_run` or :meth:`ProcessRegistry.record`, never a run id that a
-  live node uses, never a process older than R's node).
+:meth:`ProcessRegistry.sweep` kills the leftovers of gone nodes by the rules of
+:mod:`snakepit_tasks.node.orphans`; a reused pid is never signalled.
 
 Standard library only. Every connection lives for one operation, so the registry is safe for
 several threads, for two processes (WAL and a busy timeout) and across ``fork``.
@@ -31,7 +20,6 @@ import json
 import logging
 import os
 import re
-import signal
 import sqlite3
 import threading
 import time
@@ -42,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..processes import ProcessIdentity, process_start_time
+from . import orphans
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -50,9 +40,6 @@ BUSY_TIMEOUT_S = 10.0
 #: Sweep passes when leftovers were found, and the pause between passes (seconds).
 SWEEP_PASSES = 3
 SWEEP_PASS_INTERVAL_S = 0.5
-#: After SIGKILL, how long to wait for the killed processes to vanish (seconds).
-KILL_WAIT_S = 2.0
-_POLL_S = 0.02
 
 #: ``PRAGMA user_version`` of the file. 2: runs keyed by (run id, node pid, node start time).
 SCHEMA_VERSION = 2
@@ -85,87 +72,6 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-# -- /proc helpers ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Stat:
-    state: str
-    pgrp: int
-    start_time: int
-
-
-def _proc_stat(pid: int) -> _Stat | None:
-    """State letter, process group and start time of ``pid``; None when it does not exist."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    rest = raw[raw.rfind(")") + 2 :].split()
-    # rest[0] is field 3 (state), rest[2] field 5 (pgrp), rest[19] field 22 (starttime).
-    try:
-        return _Stat(rest[0], int(rest[2]), int(rest[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-def _live_stat(pid: int) -> _Stat | None:
-    """Like :func:`_proc_stat`, but None for a zombie (it has ended; only its parent's wait
-    is missing)."""
-    st = _proc_stat(pid)
-    if st is None or st.state in ("Z", "X", "x"):
-        return None
-    return st
-
-
-def process_start_time(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22);
-    None when no such process runs (gone, or a zombie). Together with the pid this
-    identifies one process: a reused pid has another start time."""
-    st = _live_stat(pid)
-    return None if st is None else st.start_time
-
-
-def process_cmdline(pid: int) -> list[str] | None:
-    """The arguments of ``pid`` (``/proc/<pid>/cmdline``); None when it cannot be read,
-    an empty list for a zombie or a kernel thread."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] if raw else []
-
-
-def _owned_by_me(pid: int) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
-    except OSError:
-        return False
-
-
-def _has_pair(argv: list[str], flag: str, value: str) -> bool:
-    """Whether ``argv`` holds ``flag value`` as two consecutive arguments (or ``flag=value``)."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv) and argv[i + 1] == value:
-            return True
-        if arg == f"{flag}={value}":
-            return True
-    return False
-
-
-def _all_pids() -> Iterator[int]:
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return
-    for name in names:
-        if name.isdigit():
-            yield int(name)
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -247,12 +153,6 @@ def _to_record(row: tuple[Any, ...]) -> ProcessRecord:
         cmdline=cmd,
         recorded_at=float(row[9]),
     )
-
-
-@dataclass(frozen=True)
-class _Target:
-    pid: int
-    start_time: int
 
 
 class ProcessRegistry:
@@ -396,9 +296,8 @@ class ProcessRegistry:
         """Remember runtime ``pid`` (spawned by this process, for run ``run_id``) with its
         start time and command line. Returns False (and records nothing) when ``pid`` no
         longer runs."""
-        start = process_start_time(pid)
-        argv = process_cmdline(pid)
-        if start is None or argv is None:
+        proc = ProcessIdentity.of(pid)
+        if proc is None:
             return False
         node_pid = os.getpid()
         node_start = process_start_time(node_pid) or 0
@@ -409,8 +308,9 @@ class ProcessRegistry:
                     "INSERT OR REPLACE INTO processes (pid, start_time, run_id, instance_name,"
                     " instance_token, worker_id, node_name, node_pid, node_start_time, cmdline,"
                     " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (pid, start, run_id, self.instance_name, self.instance_token, worker_id,
-                     node_name, node_pid, node_start, json.dumps(argv), time.time()),
+                    (pid, proc.start_time, run_id, self.instance_name, self.instance_token,
+                     worker_id, node_name, node_pid, node_start, json.dumps(proc.cmdline),
+                     time.time()),
                 )
         except sqlite3.Error as exc:
             log.warning("process registry %s: cannot record pid %d: %s", self.path, pid, exc)
@@ -464,52 +364,43 @@ class ProcessRegistry:
         """Recorded processes that still run (same pid and start time) although the node
         that started them is gone (and whose run is not ``current_run_id``): what the next
         :meth:`sweep` would kill. Signals nothing, changes nothing."""
-        found = []
-        alive = _NodeLiveness()
-        for rec in self.records():
-            if rec.run_id == current_run_id or alive(rec.node_pid, rec.node_start_time):
-                continue
-            if process_start_time(rec.pid) == rec.start_time and _has_pair(
-                process_cmdline(rec.pid) or [], "--run-id", rec.run_id
-            ):
-                found.append(rec)
-        return found
+        alive = orphans.NodeLiveness()
+        return [
+            rec for rec in self.records()
+            if rec.run_id != current_run_id and not alive(rec.node_pid, rec.node_start_time)
+            and orphans.still_runs(rec)
+        ]
 
     # -- sweeping ------------------------------------------------------------------------
     def sweep(self, current_run_id: str, *, grace_s: float = 2.0) -> list[int]:
         """Kill the leftovers of earlier runs of this instance; return the pids signalled.
 
-        A recorded process is a leftover when its run is not ``current_run_id``, the node
-        that recorded it is gone, and the pid still runs with the recorded start time and a
-        command line carrying ``--run-id <its run>``. Processes of a gone node's run that
-        were never recorded are found in ``/proc`` by ``--run-id <run>`` and
-        ``--instance <name>`` (never for a run id a live node also uses). Each leftover's
-        process group gets SIGTERM, then SIGKILL after ``grace_s`` seconds. Up to three
-        passes, 500 ms apart, while leftovers turn up. Records of processes that have ended
-        are dropped, whatever their run.
+        The rules are :mod:`~snakepit_tasks.node.orphans`'s: a leftover is a recorded
+        process of another run whose node is gone, still running with the recorded start
+        time and ``--run-id <its run>``, or an unrecorded one of a gone node's run found in
+        ``/proc``. Each leftover's process group gets SIGTERM, then SIGKILL after ``grace_s``
+        seconds. Up to three passes, 500 ms apart, while leftovers turn up. Records of
+        processes that have ended are dropped, whatever their run.
         """
         killed: list[int] = []
-        dead_runs: set[tuple[str, int, int]] = set()
+        dead_runs: set[orphans.Run] = set()
         for n in range(SWEEP_PASSES):
             if n:
                 time.sleep(SWEEP_PASS_INTERVAL_S)
             try:
-                targets, found_runs = self._find_leftovers(current_run_id)
+                found = orphans.find(
+                    current_run_id, self.instance_name, self.records(), self._runs())
+                self._drop_ended(found.ended)
             except sqlite3.Error as exc:
                 log.warning("process registry %s: sweep failed: %s", self.path, exc)
                 return killed
-            dead_runs |= found_runs
-            if not targets:
+            dead_runs |= found.dead_runs
+            if not found.targets:
                 break
-            log.warning(
-                "killing %d leftover runtime process(es) of earlier runs of instance %r: %s",
-                len(targets), self.instance_name or "default",
-                ", ".join(str(t.pid) for t in targets),
-            )
-            _terminate(targets, grace_s)
-            killed.extend(t.pid for t in targets if t.pid not in killed)
+            orphans.kill(found.targets, grace_s, self.instance_name)
+            killed.extend(t.pid for t in found.targets if t.pid not in killed)
             try:
-                self._drop_ended(t.pid for t in targets)
+                self._drop_ended(t.pid for t in found.targets)
             except sqlite3.Error as exc:
                 log.warning("process registry %s: %s", self.path, exc)
         try:
@@ -518,85 +409,14 @@ class ProcessRegistry:
             log.warning("process registry %s: %s", self.path, exc)
         return killed
 
-    def _find_leftovers(
-        self, current_run_id: str
-    ) -> tuple[list[_Target], set[tuple[str, int, int]]]:
-        """The processes to kill now, and the runs (run id, node pid, node start time) of
-        gone nodes; drops the records of processes that have ended."""
+    def _runs(self) -> list[orphans.Run]:
+        """Every noted run of this instance: (run id, node pid, node start time)."""
         where, args = self._where_instance()
-        alive = _NodeLiveness()
         with self._db() as conn:
-            procs = conn.execute(
-                f"SELECT pid, start_time, run_id, node_pid, node_start_time FROM processes "
-                f"WHERE {where}",
-                args,
-            ).fetchall()
-            runs = conn.execute(
+            rows = conn.execute(
                 f"SELECT run_id, node_pid, node_start_time FROM runs WHERE {where}", args
             ).fetchall()
-        procs = [(int(a), int(b), str(c), int(d), int(e)) for a, b, c, d, e in procs]
-        runs = [(str(a), int(b), int(c)) for a, b, c in runs]
-        # Run ids in use now: never looked for in /proc.
-        live_runs = {current_run_id}
-        live_runs.update(run for run, npid, nstart in runs if alive(npid, nstart))
-        live_runs.update(run for _, _, run, npid, nstart in procs if alive(npid, nstart))
-        dead_runs = {
-            (run, npid, nstart) for run, npid, nstart in runs
-            if run not in live_runs and not alive(npid, nstart)
-        }
-        targets: list[_Target] = []
-        ended: list[int] = []
-        for pid, start, run, node_pid, node_start in procs:
-            if process_start_time(pid) != start:
-                ended.append(pid)  # gone, or the pid now belongs to another process
-                continue
-            if run == current_run_id or alive(node_pid, node_start):
-                continue
-            if run not in live_runs:
-                dead_runs.add((run, node_pid, node_start))
-            argv = process_cmdline(pid) or []
-            if not _has_pair(argv, "--run-id", run):
-                log.info("recorded pid %d no longer carries --run-id %s; leaving it alone",
-                         pid, run)
-                continue
-            if not _owned_by_me(pid):
-                log.warning("leftover pid %d belongs to another user; cannot kill it", pid)
-                continue
-            targets.append(_Target(pid, start))
-        if ended:
-            self._drop_ended(ended)
-        # run id -> earliest start of its gone node(s): a runtime of the run cannot be older
-        scan: dict[str, int] = {}
-        for run, _, nstart in dead_runs:
-            if run:
-                scan[run] = min(nstart, scan.get(run, nstart))
-        if scan:
-            known = {t.pid for t in targets}
-            targets.extend(t for t in self._scan(scan) if t.pid not in known)
-        return targets, dead_runs
-
-    def _scan(self, runs: dict[str, int]) -> list[_Target]:
-        """Processes of this user in ``/proc`` whose command line carries ``--run-id R`` (R
-        one of ``runs``) and ``--instance <this instance's name>``, and which started no
-        earlier than R's node."""
-        me = os.getpid()
-        found = []
-        for pid in _all_pids():
-            if pid == me:
-                continue
-            argv = process_cmdline(pid)
-            if not argv or "--run-id" not in argv and not any(
-                a.startswith("--run-id=") for a in argv
-            ):
-                continue
-            run = next((r for r in runs if _has_pair(argv, "--run-id", r)), None)
-            if run is None or not _has_pair(argv, "--instance", self.instance_name):
-                continue
-            start = process_start_time(pid)
-            if start is None or start < runs[run] or not _owned_by_me(pid):
-                continue
-            found.append(_Target(pid, start))
-        return found
+        return [(str(a), int(b), int(c)) for a, b, c in rows]
 
     def _drop_ended(self, pids: Iterable[int]) -> None:
         """Drop the records of ``pids`` whose recorded process no longer runs."""
@@ -613,7 +433,7 @@ class ProcessRegistry:
                     conn.execute(
                         f"DELETE FROM processes WHERE pid = ? AND {where}", (pid, *args))
 
-    def _drop_finished_runs(self, runs: set[tuple[str, int, int]]) -> None:
+    def _drop_finished_runs(self, runs: set[orphans.Run]) -> None:
         """Forget the runs of gone nodes that have no recorded process left."""
         if not runs:
             return
@@ -627,68 +447,3 @@ class ProcessRegistry:
                 if not left:
                     conn.execute(f"DELETE FROM runs WHERE {same_run} AND {where}", (*run, *args))
 
-
-class _NodeLiveness:
-    """Whether a recording node still runs (same pid and start time), cached per sweep."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[int, int], bool] = {}
-
-    def __call__(self, pid: int, start_time: int) -> bool:
-        key = (pid, start_time)
-        if key not in self._cache:
-            self._cache[key] = start_time != 0 and process_start_time(pid) == start_time
-        return self._cache[key]
-
-
-# -- signalling ------------------------------------------------------------------------------
-def _same(target: _Target) -> bool:
-    return process_start_time(target.pid) == target.start_time
-
-
-def _group_has_members(pgid: int) -> bool:
-    """Whether any live process is in process group ``pgid``. While one is, the number
-    ``pgid`` cannot have been handed to a new process, so the group is still the old one."""
-    for pid in _all_pids():
-        st = _live_stat(pid)
-        if st is not None and st.pgrp == pgid:
-            return True
-    return False
-
-
-def _signal(target: _Target, sig: int, leader: bool) -> None:
-    """Send ``sig`` to the target's group if it leads one, else to the process alone; only
-    while the target is still the recorded process (or, for the group, while the group it
-    led still has members)."""
-    try:
-        if _same(target):
-            st = _live_stat(target.pid)
-            if st is not None and st.pgrp == target.pid:
-                os.killpg(target.pid, sig)
-            else:
-                os.kill(target.pid, sig)
-        elif leader and _group_has_members(target.pid):
-            os.killpg(target.pid, sig)  # the leader is gone, its group lives on
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _terminate(targets: list[_Target], grace_s: float) -> None:
-    """SIGTERM each target's group, wait up to ``grace_s`` for the targets to end, SIGKILL
-    what is left (groups included), and wait a little for them to vanish."""
-    leaders = {}
-    for t in targets:
-        st = _live_stat(t.pid)
-        leaders[t.pid] = st is not None and st.pgrp == t.pid
-        _signal(t, signal.SIGTERM, leaders[t.pid])
-    deadline = time.monotonic() + max(0.0, grace_s)
-    while any(_same(t) for t in targets) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    for t in targets:
-        _signal(t, signal.SIGKILL, leaders[t.pid])
-    deadline = time.monotonic() + KILL_WAIT_S
-    while any(_same(t) for t in targets) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    for t in targets:
-        if _same(t):
-            log.warning("leftover pid %d survived SIGKILL (uninterruptible?)", t.pid)

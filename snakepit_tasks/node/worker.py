@@ -15,8 +15,10 @@ from typing import Any
 
 import grpc
 
+from .. import processes
 from .._proto import bridge_pb2 as pb
 from .._proto import bridge_pb2_grpc as pb_grpc
+from ..bridge.limits import MAX_MESSAGE_BYTES
 from ..errors import ConfigurationError
 
 log = logging.getLogger("snakepit_tasks.node")
@@ -30,10 +32,8 @@ THREAD_ENV_VARS = (
     "NUMEXPR_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS",
 )
-
-
-# Largest gRPC message between node and runtime (arguments, results, chunks).
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: After SIGKILL, how long :meth:`AdapterWorker.stop` waits for the runtime to vanish (s).
+KILL_WAIT_S = 2.0
 
 
 class WorkerStartError(ConfigurationError):
@@ -188,7 +188,8 @@ class AdapterWorker:
             raise WorkerStartError(
                 f"worker {self.worker_id} failed to start: {error}",
                 {"worker_id": self.worker_id, "adapter": self.adapter,
-                 "traceback": message.get("traceback", "")},
+                 "traceback": message.get("traceback", ""),
+                 "adapter_load": message.get("kind") == "adapter_load"},
             )
         self.channel = grpc.insecure_channel(
             f"unix:{self.socket_path}",
@@ -207,32 +208,24 @@ class AdapterWorker:
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the runtime's process group (it and anything it spawned)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.process is not None:
+            processes.send(self.process, sig, group=True)
 
     def kill(self) -> None:
         """SIGKILL the runtime and its children at once."""
-        self.signal_group(signal.SIGKILL)
+        if self.process is not None:
+            processes.kill(self.process, group=True)
         self._close_channel()
 
     def stop(self, grace: float) -> None:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL."""
+        """SIGTERM the runtime's group, wait up to ``grace`` seconds, then SIGKILL it."""
         self.state = "stopped"
-        if self.process is not None and self.process.poll() is None:
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s ignored SIGTERM; killing it", self.worker_id)
-            self.signal_group(signal.SIGKILL)
-            try:
-                self.process.wait(2)
-            except subprocess.TimeoutExpired:
-                pass
+        if self.process is not None:
+            [ending] = processes.terminate_all(
+                [self.process], grace, group=True, kill_wait=KILL_WAIT_S)
+            if ending.killed:
+                log.warning("worker %s ignored SIGTERM for %.1fs; killed it",
+                            self.worker_id, grace)
         self._close_channel()
 
     def _close_channel(self) -> None:

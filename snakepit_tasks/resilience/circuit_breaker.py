@@ -39,9 +39,9 @@ from typing import Any, TypeVar
 import redis as redis_lib
 from redis import Redis
 
-from .. import errors, keys, scripts
+from .. import errors, keys, lua
 from ..config import Settings, load_settings
-from ..state import redis_client, text
+from ..connections import redis_client, text
 
 log = logging.getLogger("snakepit_tasks.resilience")
 
@@ -139,7 +139,7 @@ class CircuitBreaker:
 
     # -- the script ------------------------------------------------------------------------
     def _run(self, op: str, token: str = "") -> list[Any]:
-        script = scripts.script(self.redis, "circuit_breaker")
+        script = lua.script(self.redis, "circuit_breaker")
         reply: list[Any] = script(
             keys=self._keys,
             args=[

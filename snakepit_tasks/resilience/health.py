@@ -15,9 +15,9 @@ from typing import Any
 
 from redis import Redis
 
-from .. import errors, keys, scripts
+from .. import errors, keys, lua
 from ..config import Settings, load_settings
-from ..state import redis_client, text
+from ..connections import redis_client, text
 
 log = logging.getLogger("snakepit_tasks.resilience")
 
@@ -58,7 +58,7 @@ class HealthMonitor:
         return f"HealthMonitor({self.pool!r})"
 
     def _run(self, op: str, member: str = "") -> list[Any]:
-        script = scripts.script(self.redis, "health_record")
+        script = lua.script(self.redis, "health_record")
         reply: list[Any] = script(keys=[self._key], args=[op, self.window_ms, member])
         return reply
 

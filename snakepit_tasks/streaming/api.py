@@ -10,8 +10,9 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from .. import keys, state
+from .. import connections, keys
 from ..app import default_app
+from ..call import timeout_seconds
 from ..caller import give_up, guarded, send
 from ..errors import ExecutionTimeout, QueueTimeout, StreamTruncated
 from . import entries
@@ -60,7 +61,7 @@ class Stream:
         self._started = False
         self._seq = after
         settings = app.snakepit_settings
-        self._redis = state.redis_client(settings.redis_url)
+        self._redis = connections.redis_client(settings.redis_url)
         self._reader = reader_for(settings.redis_url)
         self._key = keys.stream(call_id)
         self._queue = self._reader.subscribe(self._key, keys.chunk_id(after))
@@ -192,8 +193,7 @@ def stream(
     """Start a streaming call; iterate the returned :class:`Stream` for its chunks."""
     the_app = _app(app)
     settings = the_app.snakepit_settings
-    seconds = timeout if timeout else settings.pool_streaming_timeout / 1000
-    deadline = time.time() + seconds
+    deadline = time.time() + timeout_seconds(timeout, settings.pool_streaming_timeout)
     result = send(
         the_app, command, args,
         pool=pool, timeout=timeout, deadline=deadline, stream=True, session_id=session_id,
@@ -283,5 +283,5 @@ def stream_result(
 ) -> Stream:
     """Read a streaming call started elsewhere, from its first chunk or after chunk ``after``."""
     the_app = _app(app)
-    seconds = timeout if timeout else the_app.snakepit_settings.pool_streaming_timeout / 1000
+    seconds = timeout_seconds(timeout, the_app.snakepit_settings.pool_streaming_timeout)
     return Stream(task_id, the_app, time.time() + seconds, after=after, owner=False)

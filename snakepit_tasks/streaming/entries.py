@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from .. import serialization
-from ..errors import ERROR_CLASSES, SnakepitError
+from ..errors import SnakepitError, from_wire, to_wire
 
 DATA = b"d"
 FINAL = b"f"
@@ -27,8 +27,7 @@ def final_fields(result: Any) -> dict[bytes, bytes]:
 
 def error_fields(exc: SnakepitError) -> dict[bytes, bytes]:
     """Fields of the final entry of a call that failed."""
-    body = {"class": type(exc).__name__, "message": exc.message, "details": exc.details}
-    return {FINAL: b"1", OK: b"0", ERROR: json.dumps(body, default=str).encode()}
+    return {FINAL: b"1", OK: b"0", ERROR: json.dumps(to_wire(exc), default=str).encode()}
 
 
 def seq_of(entry_id: bytes | str) -> int:
@@ -50,6 +49,4 @@ def outcome(fields: dict[bytes, bytes]) -> Any:
     """The final result of a final entry, or raise its error as the original class."""
     if fields.get(OK) == b"1":
         return serialization.decode(fields.get(RESULT, b""))
-    body = json.loads(fields.get(ERROR, b"{}"))
-    cls = ERROR_CLASSES.get(body.get("class", ""), SnakepitError)
-    raise cls(body.get("message", "streaming call failed"), body.get("details") or {})
+    raise from_wire(json.loads(fields.get(ERROR, b"{}")), "streaming call failed")

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from .. import keys, state
+from .. import connections, keys
 
 log = logging.getLogger("snakepit_tasks.streaming")
 
@@ -29,7 +29,7 @@ class StreamReader:
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=None)
-        self.notify = state.redis_client(url)
+        self.notify = connections.redis_client(url)
         self.wake_key = keys.reader_wake(uuid.uuid4().hex)
         self._subs: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
@@ -77,7 +77,7 @@ class StreamReader:
                 log.warning("stream reader: Redis is back")
                 failing = False
             for raw_key, items in reply or ():
-                key = state.text(raw_key)
+                key = connections.text(raw_key)
                 if key == self.wake_key:
                     wake_last = items[-1][0]
                     continue

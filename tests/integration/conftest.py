@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 
@@ -12,11 +10,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "/tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
 
-
-@pytest.fixture(autouse=True)
-def _fresh_liveness() -> Iterator[None]:
-    from snakepit_tasks import routing
-
-    routing.forget_liveness()
-    yield
-    routing.forget_liveness()

@@ -16,7 +16,7 @@ from helpers import assert_served_by, start_time, wait_until
 
 import snakepit_tasks as sp
 from snakepit_tasks import app as app_module
-from snakepit_tasks import errors, keys, state
+from snakepit_tasks import connections, errors, keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,7 +49,7 @@ def new_session() -> str:
 
 def busy(n: helpers.NodeHandle, worker_id: str) -> int:
     """Calls in flight on ``worker_id`` as the routing sees them (the node's busy hash)."""
-    r = state.redis_client(n.redis_url)
+    r = connections.redis_client(n.redis_url)
     return int(r.hget(keys.busy(n.name), worker_id) or 0)
 
 
@@ -144,7 +144,7 @@ def test_sigkilled_bound_worker_strict_unavailable_while_tainted_hint_rebinds(no
     sid = new_session()
     pong = bind(n, sid, n.app)
     bound, dead_pid = pong["worker_id"], pong["pid"]
-    r = state.redis_client(n.redis_url)
+    r = connections.redis_client(n.redis_url)
 
     os.kill(dead_pid, signal.SIGKILL)
     wait_until(lambda: start_time(dead_pid) is None, timeout=10, message="the worker to die")
@@ -188,7 +188,7 @@ def test_sigkilled_node_strict_unavailable_hint_served_by_other_node(node, node_
     bind(a, strict_sid, app)
     bind(a, hint_sid, app)
     b = start_peer(node, a, f"{a.pool}@b")
-    r = state.redis_client(redis_url)
+    r = connections.redis_client(redis_url)
 
     os.kill(a.pid, signal.SIGKILL)
     a.proc.wait(10)

@@ -23,7 +23,7 @@ import pytest
 from helpers import REPO, NodeHandle, assert_served_by, subprocess_env, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import errors, keys, sessions, state
+from snakepit_tasks import connections, errors, keys, kombu_redis, pool_state, sessions
 
 from .test_chaos_support import chaos_nodes, dead, outcome, redis_of, wait_busy
 
@@ -60,12 +60,12 @@ def bind_session(app: Any, want: NodeHandle, tag: str) -> str:
 
 
 def queued(r: Any, queue: str) -> int:
-    return state.queue_length(r, queue)
+    return kombu_redis.queue_length(r, queue)
 
 
 def call_state(r: Any, task_id: str) -> str | None:
     raw = r.get(keys.call_state(task_id))
-    return state.text(raw) if raw is not None else None
+    return connections.text(raw) if raw is not None else None
 
 
 def sigkill_node(n: NodeHandle) -> list[int]:
@@ -186,7 +186,7 @@ def test_a_plain_call_a_killed_node_had_taken_but_not_started_is_not_stranded(
         # Stop listening for it while Redis is up (a pending result unsubscribes when collected).
         capture(lambda: s["app"].backend.remove_pending_result(taken))
     r = redis_of(s["b"])
-    stuck = any(taken.id in state.text(v) for v in r.hvals(keys.UNACKED))
+    stuck = any(taken.id in connections.text(v) for v in r.hvals(kombu_redis.UNACKED))
     assert isinstance(result, dict | errors.SnakepitError), (
         f"the call A had taken got no outcome: {result!r} (still in kombu's unacked hash: "
         f"{stuck})")
@@ -261,7 +261,7 @@ def test_a_node_restarted_after_sigkill_kills_the_leftovers_of_its_instance_only
     env = {**NODE_ENV, "SNAKEPIT_DATA_DIR": str(data_dir), "SNAKEPIT_INSTANCE_NAME": instance}
     a = chaos_node(pool_size=1, env=env)
     r = redis_of(a)
-    lease = next(n for n in state.live_nodes(r, a.pool) if n["name"] == a.name)
+    lease = next(n for n in pool_state.live_nodes(r, a.pool) if n["name"] == a.name)
     run_id = lease["run_id"]
     assert lease["instance"] == instance
 

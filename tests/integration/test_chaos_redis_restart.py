@@ -18,7 +18,7 @@ from helpers import descendants, wait_until
 
 import snakepit_tasks as sp
 from snakepit_tasks import app as app_module
-from snakepit_tasks import errors, keys, state
+from snakepit_tasks import connections, errors, keys, pool_state
 from snakepit_tasks.embedded_redis import EmbeddedRedis, free_port
 
 from .test_chaos_support import chaos_nodes
@@ -45,7 +45,8 @@ def private_redis() -> Iterator[list[EmbeddedRedis]]:
 
 
 def ready_workers(r: Any, pool: str) -> list[dict[str, Any]]:
-    return [w for n in state.live_nodes(r, pool) for w in n["workers"] if w["state"] == "ready"]
+    nodes = pool_state.live_nodes(r, pool)
+    return [w for n in nodes for w in n["workers"] if w["state"] == "ready"]
 
 
 def serves(app: Any) -> dict[str, Any] | None:
@@ -64,7 +65,7 @@ def test_a_redis_restart_under_load_ends_calls_cleanly_and_the_pool_serves_again
     try:
         app = app_module.configure(redis_url=server.url, pools=[n.table])
         sp.await_ready(n.pool, timeout=BOUND, app=app)
-        r = state.redis_client(server.url)
+        r = connections.redis_client(server.url)
         wait_until(lambda: len(ready_workers(r, n.pool)) == 2, timeout=BOUND,
                    message="two ready workers")
         for w in ready_workers(r, n.pool):

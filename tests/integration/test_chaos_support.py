@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import NodeHandle, ProcessTracker, start_time, wait_until
 
-from snakepit_tasks import errors, keys, state
+from snakepit_tasks import connections, errors, keys
 
 RUNTIME = "snakepit_tasks.bridge.runtime"
 
@@ -78,12 +78,12 @@ def chaos_nodes(
 
 
 def redis_of(n: NodeHandle) -> Any:
-    return state.redis_client(n.redis_url)
+    return connections.redis_client(n.redis_url)
 
 
 def busy_workers(n: NodeHandle) -> dict[str, int]:
     raw = redis_of(n).hgetall(keys.busy(n.name))
-    return {state.text(k): int(v) for k, v in raw.items() if int(v) > 0}
+    return {connections.text(k): int(v) for k, v in raw.items() if int(v) > 0}
 
 
 def wait_busy(n: NodeHandle, at_least: int = 1, timeout: float = 30.0) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from helpers import (
     WHOAMI,
     WHOAMI_ENV,
     ProcessTracker,
+    children,
     cli_command,
     cmdline,
     descendants,
@@ -23,7 +25,7 @@ from helpers import (
     wait_until,
 )
 
-from snakepit_tasks import caller, errors, state
+from snakepit_tasks import caller, connections, errors, pool_state
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,10 +49,10 @@ def run_cli(args: list[str], env: dict[str, str], pids: ProcessTracker,
 
 def published_pids(redis_url: str, pool: str) -> dict[str, int]:
     """worker id -> pid of the ready workers of ``pool`` published in Redis."""
-    r = state.redis_client(redis_url)
+    r = connections.redis_client(redis_url)
     return {
         w["id"]: int(w["pid"])
-        for n in state.live_nodes(r, pool)
+        for n in pool_state.live_nodes(r, pool)
         for w in n["workers"]
         if w["state"] == "ready"
     }
@@ -164,3 +166,49 @@ def test_doctor_uses_the_pools_adapter_env(redis_url, pids):
     )
     done = run_cli(["doctor"], env, pids)
     assert done.returncode == 0, done.stdout
+
+
+def test_worker_with_an_unimportable_adapter_fails_once_with_its_exit_code(redis_url, pids):
+    """An import error fails the same way every time: no retries, one clear message."""
+    pool = unique_pool()
+    env = subprocess_env(redis_url, [pool_table(pool, adapter="no_such_module:Nope")])
+    started = time.monotonic()
+    done = subprocess.run([*cli_command(), "worker", "--pool", pool, "-l", "warning"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode == 78, out
+    assert out.count("ModuleNotFoundError") >= 1 and "not restarting" in out, out
+    assert "starting it again" not in out, out
+    assert time.monotonic() - started < 60
+
+
+def test_worker_restarts_a_node_that_crashed_after_it_served(redis_url, make_app, pids, tmp_path):
+    pool = pool_table(unique_pool(), pool_size=1)
+    env = subprocess_env(redis_url, [pool])
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        sup = subprocess.Popen([*cli_command(), "worker", "--pool", pool["name"], "-l", "warning"],
+                               cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                               stderr=subprocess.STDOUT)
+    pids.track(sup.pid)
+    try:
+        app = make_app(pool)
+        wait_until(lambda: published_pids(redis_url, pool["name"]), timeout=60,
+                   message=lambda: log.read_text())
+        first = caller.execute("ping", pool=pool["name"], app=app, timeout=60)
+        node_pid = next(p for p in children(sup.pid) if "celery" in cmdline(p))
+        os.kill(node_pid, signal.SIGKILL)
+        wait_until(lambda: "crashed with exit code" in log.read_text(), timeout=30,
+                   message=lambda: log.read_text())
+
+        def served_by_new_node() -> bool:
+            try:
+                return caller.execute("ping", pool=pool["name"], app=app, timeout=10)["pid"] != (
+                    first["pid"])
+            except errors.SnakepitError:
+                return False
+
+        wait_until(served_by_new_node, timeout=60, message=lambda: log.read_text())
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(60)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 from helpers import assert_served_by, wait_until
 
-from snakepit_tasks import caller, keys, sessions, state
+from snakepit_tasks import caller, connections, keys, sessions
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_waiting_for_a_busy_pinned_worker_does_not_idle_the_other(node):
     n = node(pool_size=2)
-    r = state.redis_client(n.app.snakepit_settings.redis_url)
+    r = connections.redis_client(n.app.snakepit_settings.redis_url)
     bound = caller.execute_in_session("pinned", "ping", app=n.app)["worker_id"]
     assert sessions.get("pinned", app=n.app)["worker"] == bound
 

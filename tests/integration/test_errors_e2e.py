@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from helpers import assert_served_by, pool_table, unique_pool, wait_until
 
-from snakepit_tasks import caller, errors, state
+from snakepit_tasks import caller, connections, errors, kombu_redis
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,13 +77,13 @@ def test_unknown_pool_is_pool_not_found(make_app):
 def test_configured_pool_without_node_fails_fast(make_app, redis_url):
     pool = unique_pool()
     app = make_app(pool)
-    r = state.redis_client(redis_url)
+    r = connections.redis_client(redis_url)
     for style in STYLES:
         with pytest.raises(errors.NoWorkersAvailable) as info:
             # no timeout given: the default is 300 s, so a hang would show as a test timeout
             call(style, "ping", {}, pool, app)
         assert pool in str(info.value) and "snakepit-tasks worker" in str(info.value)
-    assert state.queue_length(r, f"snakepit.pool.{pool}") == 0, "a message was sent anyway"
+    assert kombu_redis.queue_length(r, f"snakepit.pool.{pool}") == 0, "a message was sent anyway"
 
 
 @pytest.mark.parametrize(
@@ -96,11 +96,11 @@ def test_unencodable_args_fail_before_sending(make_app, redis_url, args, what):
     # arguments are checked before anything else, and nothing reaches the queue.
     pool = unique_pool()
     app = make_app(pool)
-    r = state.redis_client(redis_url)
+    r = connections.redis_client(redis_url)
     for style in STYLES:
         with pytest.raises(errors.SerializationError):
             call(style, "echo", args, pool, app)
-    assert state.queue_length(r, f"snakepit.pool.{pool}") == 0
+    assert kombu_redis.queue_length(r, f"snakepit.pool.{pool}") == 0
 
 
 def test_timeout_is_execution_timeout_and_pool_recovers(node):

@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_served_by, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import errors, keys, state
+from snakepit_tasks import connections, errors, keys
 from snakepit_tasks.embedded_redis import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.timeout(150)
@@ -20,11 +20,11 @@ pytestmark = pytest.mark.timeout(150)
 
 def busy_worker(n, timeout: float = 15.0) -> str:
     """The id of the node's worker that is running a call now."""
-    r = state.redis_client(n.app.snakepit_settings.redis_url)
+    r = connections.redis_client(n.app.snakepit_settings.redis_url)
     found: list[str] = []
 
     def check() -> bool:
-        busy = {state.text(k): int(v) for k, v in r.hgetall(keys.busy(n.name)).items()}
+        busy = {connections.text(k): int(v) for k, v in r.hgetall(keys.busy(n.name)).items()}
         found[:] = [w for w, count in busy.items() if count > 0]
         return bool(found)
 
@@ -59,7 +59,7 @@ def test_a_crash_mid_call_is_worker_crashed_and_the_worker_comes_back(node, code
         sp.execute("crash", {"code": code}, app=n.app)
     assert info.value.details[field] == value
     worker_id = info.value.details["worker_id"]
-    r = state.redis_client(n.app.snakepit_settings.redis_url)
+    r = connections.redis_client(n.app.snakepit_settings.redis_url)
     assert r.exists(keys.taint(worker_id))  # the crash barrier taints it
     wait_until(lambda: n.worker_pids() and n.worker_pids() != before, timeout=30,
                message="a restarted worker")
@@ -88,7 +88,8 @@ def test_sigkill_between_calls_then_the_next_calls_succeed(node):
 
 
 def test_a_hung_runtime_is_found_by_heartbeats_and_replaced(node):
-    n = node(env={"SNAKEPIT_HEARTBEAT_PING_INTERVAL_MS": "300"})
+    n = node(env={"SNAKEPIT_HEARTBEAT_PING_INTERVAL_MS": "300",
+                  "SNAKEPIT_HEARTBEAT_TIMEOUT_MS": "500"})
     call = sp.execute_async("spin", {"seconds": 20}, app=n.app)
     worker = busy_worker(n)
     pid = pid_of(n, worker)
@@ -107,7 +108,7 @@ def test_sixty_four_calls_that_see_one_crash_cause_one_restart(node):
     generation = generation_of(n, worker)
     calls = [sp.execute_async("echo", {"i": i}, app=n.app) for i in range(20)]
     calls += [sp.execute_async("sleep", {"seconds": 2}, app=n.app) for _ in range(43)]
-    wait_until(lambda: int(state.redis_client(n.app.snakepit_settings.redis_url)
+    wait_until(lambda: int(connections.redis_client(n.app.snakepit_settings.redis_url)
                            .hget(keys.busy(n.name), worker) or 0) >= 40, timeout=30,
                message="the sleeps in flight")
     crash = sp.execute_async("crash", {"code": 1}, app=n.app)
@@ -128,7 +129,7 @@ def test_a_killed_node_strands_no_caller(node):
     a = node(pool_size=1)
     b = node(pool=a.pool, name=f"{a.pool}-b@itest", pool_size=1)
     app = b.app
-    r = state.redis_client(app.snakepit_settings.redis_url)
+    r = connections.redis_client(app.snakepit_settings.redis_url)
     # A session bound to A's worker.
     sid = None
     for i in range(30):
@@ -162,7 +163,7 @@ def test_idempotent_calls_a_killed_node_had_taken_complete_elsewhere(node):
     a = node(pool_size=1)
     b = node(pool=a.pool, name=f"{a.pool}-b@itest", pool_size=1)
     app = b.app
-    r = state.redis_client(app.snakepit_settings.redis_url)
+    r = connections.redis_client(app.snakepit_settings.redis_url)
     calls = [sp.execute_async("sleep", {"seconds": 2}, app=app) for _ in range(2)]
     wait_until(lambda: int(r.hget(keys.busy(a.name), f"{a.name}/0") or 0) >= 1, timeout=15,
                message="A running one")

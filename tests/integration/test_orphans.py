@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from helpers import REPO, subprocess_env, wait_until
 
-from snakepit_tasks.node.registry import ProcessRegistry, process_start_time
+from snakepit_tasks.node.registry import ProcessRegistry
+from snakepit_tasks.processes import process_start_time
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -10,14 +10,14 @@ import pytest
 from helpers import REPO, assert_served_by, pool_table, subprocess_env, unique_pool, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import keys, state
+from snakepit_tasks import connections, keys
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_two_thread_workers_of_four_run_eight_calls_at_once(node):
     n = node(pool_size=2, worker_profile="thread", threads_per_worker=4)
-    r = state.redis_client(n.app.snakepit_settings.redis_url)
+    r = connections.redis_client(n.app.snakepit_settings.redis_url)
     peak = [0]
     done = threading.Event()
 

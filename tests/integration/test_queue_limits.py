@@ -14,7 +14,7 @@ from helpers import assert_served_by, wait_until
 
 import snakepit_tasks as sp
 from snakepit_tasks import app as app_module
-from snakepit_tasks import errors, keys, state
+from snakepit_tasks import connections, errors, keys, kombu_redis
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,7 +29,7 @@ def occupy(n: helpers.NodeHandle, app: Any, seconds: float) -> Any:
     """Keep ``n``'s only worker busy for ``seconds``; return the call's AsyncResult once the
     node has started it."""
     result = sp.execute_async("sleep", {"seconds": seconds}, app=app, timeout=60)
-    r = state.redis_client(n.redis_url)
+    r = connections.redis_client(n.redis_url)
     wait_until(
         lambda: sum(int(v) for v in r.hvals(keys.busy(n.name))) >= 1,
         timeout=15,
@@ -101,7 +101,7 @@ def test_async_call_waiting_past_queue_timeout_fails_and_never_runs(node, node_e
 def test_queue_full_is_raised_at_send_time_and_counted(node, redis_url):
     n = node(pool_size=1)
     app = configure(redis_url, n, pool_max_queue_size=2)
-    r = state.redis_client(redis_url)
+    r = connections.redis_client(redis_url)
     queue = keys.pool_queue(n.pool)
     assert sp.get_stats(n.pool, app=app)["pool_saturated"] == 0
 
@@ -114,7 +114,7 @@ def test_queue_full_is_raised_at_send_time_and_counted(node, redis_url):
     assert info.value.details["queued"] >= 2
     assert "pool_max_queue_size" in str(info.value)
     # Refused before sending: nothing was added to the queue by the refused call.
-    assert state.queue_length(r, queue) <= info.value.details["queued"]
+    assert kombu_redis.queue_length(r, queue) <= info.value.details["queued"]
     assert sp.get_stats(n.pool, app=app)["pool_saturated"] == 1
 
     assert_served_by(n, sleeper.get(timeout=30))

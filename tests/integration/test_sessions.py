@@ -26,6 +26,12 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # -- local fixtures and helpers -------------------------------------------------------------
+def helpers_redis(url: str) -> Any:
+    from snakepit_tasks import connections
+
+    return connections.redis_client(url)
+
+
 def configure(redis_url: str, *nodes: helpers.NodeHandle, **settings: Any) -> Any:
     """The process-wide caller app for these nodes' pools, with extra settings."""
     tables = list({n.pool: n.table for n in nodes}.values())
@@ -212,6 +218,27 @@ class TestQuota:
     @pytest.fixture
     def redis_url(self, redis_url: str) -> str:
         return with_db(redis_url, 3)
+
+    def test_index_pruned_every_cleanup_interval_and_warning_at_threshold(
+        self, node, node_env, redis_url
+    ):
+        """session_cleanup_interval: expired sessions leave the index without anyone listing
+        them; session_warning_threshold: the node warns once the count nears the quota."""
+        node_env.update(
+            SNAKEPIT_SESSION_DEFAULT_TTL="1",
+            SNAKEPIT_SESSION_CLEANUP_INTERVAL="200",
+            SNAKEPIT_SESSION_MAX_SESSIONS="4",
+            SNAKEPIT_SESSION_WARNING_THRESHOLD="0.5",
+        )
+        n = node(pool_size=1)
+        app = configure(redis_url, n, session_default_ttl=1)
+        r = helpers_redis(redis_url)
+        for _ in range(2):
+            sp.execute_in_session(new_session(), "ping", app=app)
+        wait_until(lambda: "session_warning_threshold" in n.output(), timeout=15,
+                   message="the session quota warning in the node's log")
+        wait_until(lambda: r.zcard(keys.sessions()) == 0, timeout=15,
+                   message="expired sessions pruned from the index")
 
     def test_fourth_session_exceeds_quota_existing_ones_still_work(self, node, node_env, redis_url):
         node_env["SNAKEPIT_SESSION_MAX_SESSIONS"] = "3"

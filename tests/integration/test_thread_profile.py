@@ -10,7 +10,7 @@ import pytest
 from helpers import assert_served_by, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import keys, state
+from snakepit_tasks import connections, keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,7 +19,7 @@ def test_eight_calls_run_at_once_on_two_workers_of_four_threads(node):
     n = node(pool_size=2, worker_profile="thread", threads_per_worker=4)
     stats = sp.get_stats(n.pool, app=n.app)
     assert stats["workers"] == 2 and stats["capacity"] == 8
-    r = state.redis_client(n.redis_url)
+    r = connections.redis_client(n.redis_url)
 
     def in_flight() -> int:
         return sum(int(v) for v in r.hvals(keys.busy(n.name)))

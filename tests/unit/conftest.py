@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from snakepit_tasks import routing, state
+from snakepit_tasks import connections
 
 
 @pytest.fixture(autouse=True)
@@ -21,11 +21,9 @@ def _no_snakepit_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
-    """A fresh in-memory Redis that ``state.redis_client`` returns for every URL."""
+    """A fresh in-memory Redis that ``connections.redis_client`` returns for every URL."""
     server = fakeredis.FakeServer()
     client = fakeredis.FakeRedis(server=server)
-    monkeypatch.setattr(state, "redis_client", lambda url: client)
-    routing.forget_liveness()
+    monkeypatch.setattr(connections, "redis_client", lambda url: client)
     yield client
-    routing.forget_liveness()
     client.close()

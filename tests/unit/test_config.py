@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from snakepit_tasks.config import DEFAULT_ADAPTER, PoolConfig, Settings, load_settings
+from snakepit_tasks.config import (
+    DEFAULT_ADAPTER,
+    REMOVED_SETTINGS,
+    PoolConfig,
+    Settings,
+    load_settings,
+)
 from snakepit_tasks.errors import ConfigurationError
 
 
@@ -48,14 +56,11 @@ def test_defaults_match_original_snakepit() -> None:
     assert s.crash_barrier_enabled is True
     assert s.crash_barrier_taint_duration_ms == 60_000
     assert s.crash_barrier_max_restarts == 1
-    assert s.health_monitor_check_interval == 30_000
     assert s.health_monitor_crash_window_ms == 60_000
     assert s.health_monitor_max_crashes == 10
     assert s.default_command_timeout == 300_000
-    assert s.pool_request_timeout == 60_000
     assert s.pool_streaming_timeout == 900_000
     assert s.pool_startup_timeout == 10_000
-    assert s.checkout_timeout == 5_000
     assert s.graceful_shutdown_timeout_ms == 6_000
     assert s.pool_max_workers == 150
     assert s.pool_startup_batch_size == 10
@@ -396,3 +401,36 @@ def test_pool_size_over_pool_max_workers_is_an_error() -> None:
     with pytest.raises(ConfigurationError, match="pool_max_workers"):
         load_settings(pools=[{"name": "big", "pool_size": 200}])
     assert load_settings(pools=[{"name": "big", "pool_size": 200}], pool_max_workers=200)
+
+
+@pytest.mark.parametrize("name", sorted(REMOVED_SETTINGS))
+def test_removed_settings_fail_loudly(name: str, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"{name}' is no longer used"):
+        load_settings(**{name: 1})
+    path = tmp_path / "old.toml"
+    path.write_text(f"{name} = 1\n")
+    with pytest.raises(ConfigurationError, match="no longer used"):
+        load_settings(path)
+    monkeypatch.setenv("SNAKEPIT_" + name.upper(), "1")
+    with pytest.raises(ConfigurationError, match="no longer used"):
+        load_settings()
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    """No setting that nothing reads: each name appears in the package outside config.py."""
+    import pathlib
+
+    import snakepit_tasks
+
+    root = pathlib.Path(snakepit_tasks.__file__).parent
+    sources = "\n".join(
+        p.read_text() for p in root.rglob("*.py")
+        if p.name != "config.py" and "_proto" not in p.parts
+    )
+    read_by_config = {"broker_url", "result_backend", "pool_max_workers"}  # properties, checks
+    unread = [
+        f.name for f in dataclasses.fields(Settings)
+        if f.name not in sources and f.name not in read_by_config
+    ]
+    assert not unread, f"settings nothing reads: {unread}"

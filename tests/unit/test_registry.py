@@ -21,14 +21,12 @@ from typing import Any
 import pytest
 
 from snakepit_tasks.errors import ConfigurationError
-from snakepit_tasks.node import registry as registry_module
 from snakepit_tasks.node.registry import (
     ProcessRegistry,
     default_data_dir,
-    process_cmdline,
-    process_start_time,
     registry_path,
 )
+from snakepit_tasks.processes import proc_stat, process_cmdline, process_start_time
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -142,7 +140,7 @@ def test_process_start_time_of_a_zombie_is_none(procs: Procs) -> None:
     proc.kill()
     # Not reaped yet: a zombie has ended, so it has no start time to match.
     for _ in range(500):
-        st = registry_module._proc_stat(proc.pid)
+        st = proc_stat(proc.pid)
         if st is not None and st.state == "Z":
             break
         threading.Event().wait(0.01)

@@ -165,3 +165,21 @@ def test_from_settings() -> None:
 def test_invalid_policy_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(errors.ConfigurationError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_retry_true_on_a_call_means_the_settings_policy() -> None:
+    from snakepit_tasks.app import create_app
+    from snakepit_tasks.caller import retry_policy
+    from snakepit_tasks.config import load_settings
+
+    app = create_app(load_settings(retry_max_attempts=5, retry_backoff_sequence=[10, 20],
+                                   retry_max_backoff_ms=50, retry_jitter_factor=0.0))
+    policy = retry_policy(app, True)
+    assert policy is not None
+    assert (policy.max_attempts, policy.backoff_ms, policy.max_backoff_ms, policy.jitter) == (
+        5, (10, 20), 50, 0.0)
+    assert retry_policy(app, None) is None and retry_policy(app, False) is None
+    mine = RetryPolicy(max_attempts=2)
+    assert retry_policy(app, mine) is mine
+    with pytest.raises(errors.ConfigurationError, match="retry must be"):
+        retry_policy(app, 3)  # type: ignore[arg-type]

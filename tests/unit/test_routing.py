@@ -36,47 +36,12 @@ def settings() -> Settings:
 
 @pytest.fixture
 def r(fake_redis: fakeredis.FakeRedis) -> fakeredis.FakeRedis:
-    routing.forget_liveness()
     return fake_redis
 
 
 def make_alive(r: fakeredis.FakeRedis, pool: str, node: str = NODE) -> None:
     r.set(keys.pool_alive(pool), node, px=60_000)
     r.sadd(keys.pools(), pool)
-
-
-# -- normalize -----------------------------------------------------------------------------
-
-
-def test_normalize_folds_positional_arguments() -> None:
-    assert routing.normalize(("ping", {"x": 1}), {"pool": "a"}) == {
-        "command": "ping",
-        "args": {"x": 1},
-        "pool": "a",
-    }
-    assert routing.normalize(None, None) == {}
-    assert routing.normalize((), {"command": "ping"}) == {"command": "ping"}
-
-
-def test_normalize_positional_order_follows_call_params() -> None:
-    values = tuple(f"v{i}" for i in range(len(routing.CALL_PARAMS)))
-    assert routing.normalize(values, {}) == dict(zip(routing.CALL_PARAMS, values, strict=True))
-    assert routing.CALL_PARAMS[:4] == ("command", "args", "pool", "timeout")
-
-
-def test_normalize_rejects_duplicates() -> None:
-    with pytest.raises(SerializationError, match="'command' twice"):
-        routing.normalize(("ping",), {"command": "other"})
-
-
-def test_normalize_rejects_unknown() -> None:
-    with pytest.raises(SerializationError, match="bogus, zzz"):
-        routing.normalize(("ping",), {"zzz": 1, "bogus": 2})
-
-
-def test_normalize_rejects_too_many_positionals() -> None:
-    with pytest.raises(SerializationError, match="at most"):
-        routing.normalize(tuple(range(len(routing.CALL_PARAMS) + 1)), {})
 
 
 # -- prepare: validation -------------------------------------------------------------------
@@ -160,7 +125,6 @@ def test_pool_known_from_redis_but_dead(settings: Settings, r: fakeredis.FakeRed
 def test_expired_alive_key_means_no_workers(settings: Settings, r: fakeredis.FakeRedis) -> None:
     make_alive(r, "a")
     r.delete(keys.pool_alive("a"))
-    routing.forget_liveness()
     with pytest.raises(NoWorkersAvailable):
         routing.prepare(settings, ("ping", {}), {})
 

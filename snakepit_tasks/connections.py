@@ -1,0 +1,54 @@
+"""Connections to Redis: one pooled client per URL, and lost connections as project errors."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import redis
+
+from .errors import RedisUnavailable
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def redis_client(url: str) -> redis.Redis:
+    """One shared (thread-safe, pooled) client per URL in this process."""
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = redis.Redis.from_url(
+                url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+            )
+            _clients[url] = client
+        return client
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextlib.contextmanager
+def redis_errors_as_snakepit(doing: str) -> Iterator[None]:
+    """Turn a lost Redis or broker connection into :class:`RedisUnavailable`."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+        raise RedisUnavailable(
+            f"Redis could not be reached while {doing}: {exc}; check that it is running "
+            "(the call may or may not have been sent)",
+            {"error": str(exc)},
+        ) from None
+
+
+def close_clients() -> None:
+    """Close every client :func:`redis_client` made."""
+    with _clients_lock:
+        for client in _clients.values():
+            client.close()
+        _clients.clear()

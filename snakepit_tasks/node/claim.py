@@ -1,0 +1,223 @@
+"""The exactly-once claim: a node takes a worker slot for a call and claims the call in Redis.
+
+Read with ``broker/start_call.lua`` and ``broker/give_up_call.lua``. A call either starts on
+one worker (``started:<node>``) or times out in the queue (``timed_out``), never both: the
+caller and the node race through those two scripts. While a node holds a call waiting for a
+slot it marks it ``taken:<node>``, so a janitor can re-route it if the node dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .. import keys, lua
+from ..call import Call
+from ..config import PoolConfig, Settings
+from ..connections import text
+from ..errors import (
+    QueueTimeout,
+    SessionQuotaExceeded,
+    SessionWorkerUnavailable,
+    WorkerBusy,
+    WorkerCrashed,
+)
+from .worker import AdapterWorker
+from .workerset import WorkerSet
+
+log = logging.getLogger("snakepit_tasks.node")
+
+#: How long a call's state outlives its deadline (ms), so late copies still see it.
+CALL_STATE_MARGIN_MS = 60_000
+
+
+class DuplicateCopy(Exception):  # noqa: N818 - control flow, never reaches a caller
+    """A copy of a call that another live node started: dropped, that node answers."""
+
+    def __init__(self, call_id: str, holder: str) -> None:
+        super().__init__(call_id, holder)
+        self.call_id = call_id
+        self.holder = holder
+
+
+class Redirect(Exception):  # noqa: N818 - control flow, never reaches a caller
+    """The call's session lives on another node's worker: send the call there."""
+
+    def __init__(self, worker_id: str, node: str) -> None:
+        super().__init__(worker_id, node)
+        self.worker_id = worker_id
+        self.node = node
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A slot taken for a call; ``new_session`` when the call bound its session just now."""
+
+    slot: AdapterWorker
+    new_session: bool
+
+
+class Claims:
+    """Takes slots on one node's workers and claims calls for them, exactly once."""
+
+    def __init__(
+        self, r: redis.Redis, settings: Settings, pool: PoolConfig, node: str, workers: WorkerSet
+    ) -> None:
+        self.r = r
+        self.settings = settings
+        self.pool = pool
+        self.node = node
+        self.workers = workers
+        self._start_call = lua.script(r, "start_call")
+        self._give_up_call = lua.script(r, "give_up_call")
+        self._mark_taken = lua.script(r, "mark_taken")
+
+    def take(self, call: Call, call_id: str, *, rerun_ok: bool) -> Claimed:
+        """A slot for ``call``, honouring its session, affinity and queue timeout.
+
+        Raises QueueTimeout (never runs), WorkerBusy, SessionWorkerUnavailable,
+        SessionQuotaExceeded, WorkerCrashed (a copy of a call that started before), or
+        :class:`Redirect` when the session lives on another node.
+        """
+        deadline = float(call.deadline or time.time())
+        queue_deadline = deadline
+        if call.enqueued_at is not None:
+            waited_until = call.enqueued_at + self.settings.pool_queue_timeout / 1000
+            queue_deadline = min(deadline, waited_until)
+        if time.time() > queue_deadline:
+            self.give_up(call_id)  # picked up too late: it never runs
+            raise self._queue_timeout()
+        session_id = call.session_id or ""
+        ids = {w.worker_id for w in self.workers.workers}
+        wanted = call.worker
+        while True:
+            if wanted is not None and wanted not in ids:
+                raise SessionWorkerUnavailable(
+                    f"worker {wanted} is not on node {self.node} any more",
+                    {"worker_id": wanted, "session_id": session_id},
+                )
+            slot = self._acquire(call, call_id, wanted, queue_deadline)
+            bind = not call.fallback
+            status, bound, bound_node, new, holder = self._claim(
+                call_id, slot, session_id, bind=bind, deadline=deadline, rerun_ok=rerun_ok
+            )
+            if status == "duplicate" and rerun_ok and not self.r.exists(keys.node_lease(holder)):
+                # Started by a node that died: an idempotent tool may run again here.
+                status, bound, bound_node, new, holder = self._claim(
+                    call_id, slot, session_id, bind=bind, deadline=deadline, rerun_ok=rerun_ok,
+                    takeover=holder,
+                )
+            if status == "ok":
+                return Claimed(slot, new and bool(session_id))
+            self.workers.release(slot)
+            if status == "moved":
+                if bound_node == self.node and bound in ids:
+                    wanted = bound
+                    continue
+                raise Redirect(bound, bound_node)
+            if status == "duplicate" and self.r.exists(keys.node_lease(holder)):
+                raise DuplicateCopy(call_id, holder)
+            raise self._refusal(status, call_id, session_id)
+
+    def _acquire(
+        self, call: Call, call_id: str, wanted: str | None, queue_deadline: float
+    ) -> AdapterWorker:
+        fail_fast = wanted is not None and call.affinity == "strict_fail_fast"
+        try:
+            try:
+                return self.workers.acquire(time.time(), wanted)
+            except QueueTimeout:
+                if fail_fast:
+                    raise
+                # It will wait here: say so, so a janitor can re-route it if we die.
+                self.mark_taken(call_id, float(call.deadline or queue_deadline))
+                return self.workers.acquire(queue_deadline, wanted)
+        except QueueTimeout:
+            if fail_fast:
+                raise WorkerBusy(
+                    f"worker {wanted} is busy (affinity strict_fail_fast)",
+                    {"worker_id": wanted, "session_id": call.session_id or ""},
+                ) from None
+            self.give_up(call_id)
+            raise
+
+    def _refusal(self, status: str, call_id: str, session_id: str) -> Exception:
+        if status == "timed_out":
+            return self._queue_timeout()
+        if status == "duplicate":
+            return WorkerCrashed(
+                "this call was started before by a node that died; it is not run again "
+                "because the tool is not idempotent (declare @tool(idempotent=True) to "
+                "allow re-runs)",
+                {"call_id": call_id},
+            )
+        return SessionQuotaExceeded(
+            f"session {session_id!r} cannot start: session_max_sessions "
+            f"({self.settings.session_max_sessions}) sessions exist; end some with "
+            "snakepit_tasks.sessions.delete() or raise the limit",
+            {"session_id": session_id},
+        )
+
+    def _queue_timeout(self) -> QueueTimeout:
+        return QueueTimeout(
+            "the call waited longer than pool_queue_timeout and was not run",
+            {"pool": self.pool.name},
+        )
+
+    def _claim(
+        self,
+        call_id: str,
+        slot: AdapterWorker,
+        session_id: str,
+        *,
+        bind: bool,
+        deadline: float,
+        rerun_ok: bool,
+        takeover: str = "",
+    ) -> tuple[str, str, str, bool, str]:
+        reply: Any = self._start_call(
+            keys=[
+                keys.call_state(call_id),
+                keys.session(session_id),
+                keys.sessions(),
+                keys.busy(self.node),
+            ],
+            args=[
+                slot.worker_id,
+                self.node,
+                self.pool.name,
+                repr(time.time()),
+                self.settings.session_default_ttl,
+                self.settings.session_max_sessions,
+                session_id,
+                "1" if bind else "0",
+                _state_ttl_ms(deadline),
+                "1" if rerun_ok else "0",
+                takeover,
+            ],
+        )
+        status, bound, bound_node, new, holder = (text(x) for x in reply)
+        return status, bound, bound_node, new == "1", holder
+
+    def mark_taken(self, call_id: str, deadline: float) -> None:
+        """Record that this node holds the call, waiting for a slot (not started)."""
+        try:
+            self._mark_taken(keys=[keys.call_state(call_id)],
+                             args=[self.node, _state_ttl_ms(deadline)])
+        except Exception:
+            log.debug("could not mark call %s taken", call_id, exc_info=True)
+
+    def give_up(self, call_id: str) -> None:
+        """Mark the call timed out in the queue unless it started (then it never runs)."""
+        self._give_up_call(
+            keys=[keys.call_state(call_id), keys.pool_stats(self.pool.name)],
+            args=[CALL_STATE_MARGIN_MS],
+        )
+
+
+def _state_ttl_ms(deadline: float) -> int:
+    return int(max(0.0, deadline - time.time()) * 1000) + CALL_STATE_MARGIN_MS

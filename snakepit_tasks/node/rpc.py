@@ -1,0 +1,244 @@
+"""Handing a call to one adapter worker over gRPC, and what its failures mean to the caller."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from .. import serialization
+from .._proto import bridge_pb2 as pb
+from ..errors import (
+    AdapterError,
+    ExecutionTimeout,
+    SerializationError,
+    SnakepitError,
+    ToolNotFound,
+    WorkerCrashed,
+    from_wire,
+)
+from .worker import AdapterWorker
+
+log = logging.getLogger("snakepit_tasks.node")
+
+# gRPC details when the call never reached the runtime (its socket was gone).
+_NOT_SENT_MARKERS = ("failed to connect", "connection refused", "no such file")
+
+
+class WorkerGone(Exception):  # noqa: N818 - control flow inside the node
+    """The worker's process had ended before the call reached it: nothing ran, so the call
+    can go to another worker whatever the tool."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.worker_id = worker_id
+
+
+class WorkerCalls:
+    """Runs calls on adapter workers. ``mark_dead(worker, generation)`` stops a worker found
+    gone from being handed out; ``stopping()`` says whether the node is shutting down."""
+
+    def __init__(
+        self,
+        stream_max_chunk_bytes: int,
+        mark_dead: Callable[[AdapterWorker, int], None],
+        stopping: Callable[[], bool],
+        max_result_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.stream_max_chunk_bytes = stream_max_chunk_bytes
+        self.max_result_bytes = max_result_bytes
+        self._mark_dead = mark_dead
+        self._stopping = stopping
+
+    def execute(
+        self,
+        worker: AdapterWorker,
+        command: str,
+        args: Any,
+        *,
+        deadline: float,
+        call_id: str = "",
+        session_id: str = "",
+    ) -> Any:
+        """Run ``command`` on ``worker`` before ``deadline``; its result."""
+        request = _request(command, args, call_id, session_id)
+        generation, response = self._send(worker, "Execute", request, deadline)
+        if response.ok:
+            return self._result(command, response.result)
+        raise error_from_info(response.error, worker.worker_id)
+
+    def _result(self, command: str, payload: pb.Payload) -> Any:
+        size = len(payload.data)
+        if size > self.max_result_bytes:
+            raise SerializationError(
+                f"the result of {command!r} is {size} bytes, over max_result_bytes "
+                f"({self.max_result_bytes}); return large data through the zero-copy path "
+                "or raise the limit",
+                {"size": size, "limit": self.max_result_bytes},
+            )
+        return serialization.decode(payload.data, payload.encoding)
+
+    def stream(
+        self,
+        worker: AdapterWorker,
+        command: str,
+        args: Any,
+        *,
+        deadline: float,
+        on_chunk: Callable[[int, bytes], None],
+        cancelled: threading.Event,
+        call_id: str = "",
+        session_id: str = "",
+    ) -> Any:
+        """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
+        final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
+        request = _request(command, args, call_id, session_id)
+        generation, rpc = self._send(worker, "ExecuteStream", request, deadline)
+        threading.Thread(
+            target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True
+        ).start()
+        limit = self.stream_max_chunk_bytes
+        count = 0
+        try:
+            for message in rpc:
+                if message.is_final:
+                    if message.HasField("error") and message.error.kind:
+                        raise error_from_info(message.error, worker.worker_id)
+                    return self._result(command, message.result)
+                size = len(message.data.data)
+                if size > limit:
+                    rpc.cancel()
+                    raise SerializationError(
+                        f"chunk {message.seq} of {command!r} is {size} bytes, over the "
+                        f"{limit}-byte limit (stream_max_chunk_bytes); send large data by "
+                        "reference or raise the limit",
+                        {"seq": message.seq, "size": size, "limit": limit},
+                    )
+                count += 1
+                on_chunk(message.seq, message.data.data)
+        except grpc.RpcError as exc:
+            if cancelled.is_set():
+                return {"halted": True, "chunks": count}
+            raise self._failure(worker, generation, command, exc) from None
+        if cancelled.is_set():
+            return {"halted": True, "chunks": count}
+        raise WorkerCrashed(
+            f"stream of {command!r} on {worker.worker_id} ended without a final message",
+            {"worker_id": worker.worker_id},
+        )
+
+    def _send(
+        self, worker: AdapterWorker, method: str, request: pb.ExecuteRequest, deadline: float
+    ) -> tuple[int, Any]:
+        """Call the stub's ``method`` with what is left of ``deadline``: (the worker's
+        generation, what the stub returned). Raises WorkerGone if the call cannot reach a live
+        process, ExecutionTimeout if no time is left."""
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise ExecutionTimeout(f"call {request.tool!r} reached its deadline before it ran")
+        generation = worker.generation
+        stub, process = worker.stub, worker.process
+        if stub is None or process is None or _has_exited(process.pid):
+            self._mark_dead(worker, generation)
+            raise WorkerGone(worker.worker_id)
+        try:
+            return generation, getattr(stub, method)(request, timeout=remaining)
+        except ValueError:  # its channel was closed: the worker is being replaced
+            self._mark_dead(worker, generation)
+            raise WorkerGone(worker.worker_id) from None
+        except grpc.RpcError as exc:
+            raise self._failure(worker, generation, request.tool, exc) from None
+
+    def _failure(
+        self, worker: AdapterWorker, generation: int, tool: str, exc: grpc.RpcError
+    ) -> Exception:
+        """The error a failed RPC means: WorkerGone (nothing ran), ExecutionTimeout, or
+        WorkerCrashed with how the process ended."""
+        code = exc.code() if hasattr(exc, "code") else None
+        said = str(exc.details() if hasattr(exc, "details") else exc).lower()
+        if code == grpc.StatusCode.UNAVAILABLE and any(m in said for m in _NOT_SENT_MARKERS):
+            self._mark_dead(worker, generation)
+            return WorkerGone(worker.worker_id)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if worker.capacity == 1 and worker.generation == generation:
+                # The tool is still running and owns the process: replace the worker so the
+                # slot really becomes free (like a hard time limit).
+                log.warning("call %r timed out on %s; replacing the worker", tool, worker.worker_id)
+                self._mark_dead(worker, generation)
+                worker.kill()
+            return ExecutionTimeout(
+                f"call {tool!r} did not finish before its deadline", {"worker_id": worker.worker_id}
+            )
+        status = worker.exit_status(wait=2.0) if worker.generation == generation else None
+        details: dict[str, Any] = {"worker_id": worker.worker_id, "tool": tool, "pid": worker.pid}
+        if status is not None:
+            details.update(exit_code=status.returncode, signal=status.signal)
+            why = f" ({worker.kill_reason})" if worker.kill_reason else ""
+            details["reason"] = worker.kill_reason or status.describe()
+            after = "the node is stopping" if self._stopping() else "it is being restarted"
+            return WorkerCrashed(
+                f"worker {worker.worker_id} (pid {worker.pid}) {status.describe()}{why} while "
+                f"running {tool!r}; {after}",
+                details,
+            )
+        return WorkerCrashed(
+            f"worker {worker.worker_id} became unreachable while running {tool!r} "
+            f"({code.name if code else exc})",
+            details,
+        )
+
+
+def error_from_info(info: pb.ErrorInfo, worker_id: str) -> SnakepitError:
+    """The caller-facing exception for an error the runtime reported."""
+    details: dict[str, Any] = {
+        "type": info.type,
+        "message": info.message,
+        "traceback": info.traceback,
+        "worker_id": worker_id,
+    }
+    if info.kind == "tool_not_found":
+        wire = {
+            "class": ToolNotFound.__name__,
+            "message": info.message,
+            "details": {"available": list(info.available_tools), **details},
+        }
+    elif info.kind == "serialization":
+        wire = {"class": SerializationError.__name__, "message": info.message, "details": details}
+    else:
+        wire = {
+            "class": AdapterError.__name__,
+            "message": f"{info.type}: {info.message}",
+            "details": details,
+        }
+    return from_wire(wire)
+
+
+def _request(command: str, args: Any, call_id: str, session_id: str) -> pb.ExecuteRequest:
+    return pb.ExecuteRequest(
+        call_id=call_id,
+        tool=command,
+        args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
+        session_id=session_id,
+    )
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether child ``pid`` has ended, without taking Popen's wait lock (its exit watcher
+    holds it while blocked in wait())."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped
+
+
+def _cancel_when(cancelled: threading.Event, rpc: Any) -> None:
+    """Cancel ``rpc`` once ``cancelled`` is set; return when the RPC ends either way."""
+    while not cancelled.wait(0.05):
+        if not rpc.is_active():
+            return
+    rpc.cancel()
