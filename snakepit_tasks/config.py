@@ -125,6 +125,9 @@ class Settings:
     max_result_bytes: int = 64 * 1024 * 1024
     # Broker: seconds before Redis re-delivers an unacknowledged message
     visibility_timeout: int = 3_600
+    # Synchronous calls (execute, execute_in_session) travel over Redis lists to the node
+    # instead of Celery's task protocol; execute_async/.delay/canvas/beat stay on Celery
+    fast_lane: bool = True
     # Celery events for Flower
     task_events: bool = False
 

@@ -140,3 +140,18 @@ def stream_ack(call_id: str) -> str:
 def dead_letters(pool: str) -> str:
     """List of messages ``pool``'s nodes could not decode or accept (newest first)."""
     return f"{PREFIX}:pool:{pool}:dead_letters"
+
+
+def fast_pool_queue(pool: str) -> str:
+    """Fast-lane list of calls any node of ``pool`` may take (callers LPUSH, nodes BLMOVE)."""
+    return f"{PREFIX}:fast:pool:{pool}"
+
+
+def fast_node_queue(node: str) -> str:
+    """Fast-lane list of calls pinned to one of ``node``'s workers."""
+    return f"{PREFIX}:fast:node:{node}"
+
+
+def fast_processing(node: str) -> str:
+    """Fast-lane calls ``node`` has taken and not finished (the janitor's to recover)."""
+    return f"{PREFIX}:fast:node:{node}:processing"

@@ -286,6 +286,10 @@ class WorkerSet:
         """Give back a slot taken with :meth:`acquire`; recycle the worker if it is due."""
         self._slots.release(worker)
 
+    def wait_for_free_slot(self, timeout: float, reserved: Callable[[], int] = lambda: 0) -> bool:
+        """Wait until more slots are free than ``reserved()`` (see Slots.wait_for_free)."""
+        return self._slots.wait_for_free(timeout, reserved)
+
     # -- the hand-off (see .rpc) ---------------------------------------------------------
     def execute_on(
         self,
