@@ -140,3 +140,13 @@ def stream_ack(call_id: str) -> str:
 def dead_letters(pool: str) -> str:
     """List of messages ``pool``'s nodes could not decode or accept (newest first)."""
     return f"{PREFIX}:pool:{pool}:dead_letters"
+
+
+def job_runs(job: str) -> str:
+    """List of the task ids of job ``job``'s latest runs (newest first, capped; TTL)."""
+    return f"{PREFIX}:job:{job}:runs"
+
+
+def beat_prefix() -> str:
+    """Prefix of celery-redbeat's keys: the schedule, its entries and the one-beat lock."""
+    return f"{PREFIX}:beat:"
