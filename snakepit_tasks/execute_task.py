@@ -74,11 +74,12 @@ class ExecuteTask(Task):
 def _preview(call: Call) -> str:
     """What task events carry as the call's arguments: the tool's arguments and where it
     goes, truncated, with recognizable secrets redacted."""
-    shown: dict[str, Any] = {"args": call.args}
+    shown: dict[str, Any] = {}
     for name in ("pool", "session_id", "stream", "timeout"):
         value = getattr(call, name)
         if value:
             shown[name] = value
+    shown["args"] = call.args  # last: what a long preview cuts
     return redact(saferepr(shown, ARGS_PREVIEW))
 
 
