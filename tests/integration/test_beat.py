@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from helpers import (
-    REPO,
     NodeHandle,
     ProcessTracker,
     assert_served_by,
@@ -93,7 +92,7 @@ def forget_schedule(redis_url: str, pool: str) -> None:
 def beats(redis_url):
     started: list[tuple[Beat, str]] = []
     yield started
-    for beat, pool in started:
+    for beat, _ in started:
         terminate(beat.proc, 15)
     for pool in {p for _, p in started}:
         forget_schedule(redis_url, pool)
