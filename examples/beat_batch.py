@@ -42,8 +42,9 @@ timezone = "UTC"
 
 def show_progress(task_id: str) -> None:
     """Print a run's progress from its first chunk to its result (waits while it runs)."""
-    import snakepit_tasks as sp
     from _common import say
+
+    import snakepit_tasks as sp
 
     stream = sp.stream_result(task_id)
     for chunk in stream:
@@ -57,8 +58,9 @@ def run_once() -> None:
     import sys
     import time
 
-    import snakepit_tasks as sp
     from _common import say
+
+    import snakepit_tasks as sp
     from snakepit_tasks import jobs
 
     settings = sp.default_app().snakepit_settings
@@ -89,8 +91,9 @@ def run_once() -> None:
 def forget_fast_schedule() -> None:
     """Remove the job's entry from the Redis-held schedule (it fired every few seconds); a
     beat started with this schedule writes it back."""
-    import snakepit_tasks as sp
     from redbeat.schedulers import RedBeatSchedulerEntry, ensure_conf, get_redis
+
+    import snakepit_tasks as sp
 
     app = sp.default_app()
     ensure_conf(app)
@@ -101,6 +104,7 @@ def forget_fast_schedule() -> None:
 def latest_progress() -> None:
     """Print the progress of the job's latest run, if Redis still holds one."""
     from _common import say
+
     from snakepit_tasks import jobs
 
     run = jobs.latest(JOB)
@@ -114,8 +118,9 @@ def latest_progress() -> None:
 if __name__ == "__main__":
     import sys
 
-    import snakepit_tasks as sp
     from _common import use_pool
+
+    import snakepit_tasks as sp
 
     use_pool()
     sp.run_as_script(latest_progress if "--progress" in sys.argv else run_once, exit_mode="stop")

@@ -30,10 +30,9 @@ def main() -> None:
     # from the start or after any chunk.
     batch = sp.stream("batch_process", {"items": ["a", "b", "c", "d"], "delay": 0.05})
     task_id = batch.id
-    for chunk in batch:
-        pass
+    done = sum(1 for _ in batch)  # read to the end
     late = [c["result"] for c in sp.stream_result(task_id, after=2)]
-    say(f"stream_result({task_id[:8]}..., after=2)", late)
+    say(f"stream_result({task_id[:8]}..., after=2) of {done} chunks", late)
 
 
 if __name__ == "__main__":
