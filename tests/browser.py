@@ -127,3 +127,76 @@ def wait_http(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float =
 
 __all__ = ["ARTIFACTS", "basic_auth", "chrome", "http_get", "page_text", "require_browser",
            "screenshot", "wait_http", "wait_until"]
+
+
+class DroppingProxy:
+    """A TCP proxy on a free loopback port in front of ``target_port`` whose open
+    connections a test can cut at once (:meth:`drop`), as a network outage would."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.dropped = 0
+        self._closed = False
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source)
+            self._close(sink)
+
+    def _close(self, sock: Any) -> None:
+        import socket
+
+        with self._lock:
+            self._open.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def drop(self) -> int:
+        """Cut every open connection; returns how many there were."""
+        with self._lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            self._close(sock)
+        self.dropped += len(sockets)
+        return len(sockets)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.drop()
