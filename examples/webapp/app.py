@@ -28,7 +28,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 import snakepit_tasks as sp
-from snakepit_tasks.tasks import execute
+from snakepit_tasks import tasks  # tasks.execute: the Celery task (app built on first use)
 
 #: How long the browser waits before reconnecting a dropped event stream (ms).
 RETRY_MS = 500
@@ -121,7 +121,7 @@ def create_web_app() -> Flask:
     def start() -> tuple[Response, int]:
         body = request.get_json(silent=True) or {}
         n, delay = int(body.get("n", 20)), float(body.get("delay", 0.2))
-        result = execute.delay("stream_count", {"n": n, "delay": delay}, stream=True)
+        result = tasks.execute.delay("stream_count", {"n": n, "delay": delay}, stream=True)
         return jsonify({"id": result.id}), 202
 
     @web.get("/jobs/<task_id>")
