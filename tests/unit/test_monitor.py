@@ -93,3 +93,12 @@ def test_argument_preview_is_short_and_redacted() -> None:
     assert "hunter2" not in text and "<REDACTED>" in text
     assert len(text) <= 1100 and "'pool': 'p'" in text
     assert "deadline" not in text and "reply" not in text
+
+
+def test_cli_passes_beat_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from snakepit_tasks import cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli, "cmd_beat", lambda ns: seen.append(ns.beat_args) or 0)
+    assert cli.main(["beat", "--schedule", "nightly.py", "--max-interval=2"]) == 0
+    assert seen == [["--schedule", "nightly.py", "--max-interval=2"]]
