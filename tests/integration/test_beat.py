@@ -119,11 +119,11 @@ def test_two_beats_started_at_once_send_each_run_once(node, pids, tmp_path, beat
     beats.extend([(a, handle.pool), (b, handle.pool)])
     wait_until(lambda: a.sends() + b.sends() >= 3, timeout=60,
                message=lambda: f"three runs:\n--- a\n{a.text()}\n--- b\n{b.text()}")
-    for beat in (a, b):  # stop both before counting
+    assert sorted([a.active(), b.active()]) == [False, True], "exactly one beat holds the lock"
+    # Stop both before counting, the standby first (so it never gets the lock released).
+    for beat in sorted((a, b), key=Beat.active):
         beat.proc.send_signal(signal.SIGTERM)
-    for beat in (a, b):
         beat.proc.wait(30)
-    assert sorted([a.active(), b.active()]) == [False, True], "exactly one beat held the lock"
     assert min(a.sends(), b.sends()) == 0, "the standby beat sent calls too"
     sent = a.sends() + b.sends()
     assert len(jobs.runs(handle.pool, app=handle.app)) == sent
