@@ -96,6 +96,18 @@ class ShowcaseAdapter(BaseAdapter):
             yield {"i": i, "of": n}
         return {"count": int(n), "pid": os.getpid(), "worker_id": self.session_context.worker_id}
 
+    @tool(description="Process a list of items one by one, yielding progress after each",
+          supports_streaming=True)
+    def batch_process(
+        self, items: list[Any], delay: float = 0.0
+    ) -> Generator[dict[str, Any], None, dict[str, Any]]:
+        total = len(items)
+        for done, item in enumerate(items, 1):
+            if delay:
+                time.sleep(float(delay))
+            yield {"done": done, "total": total, "item": item, "result": str(item).upper()}
+        return {"processed": total, "pid": os.getpid(), "worker_id": self.session_context.worker_id}
+
     @tool(description="Yield n chunks, then raise", supports_streaming=True)
     def stream_fail(self, n: int = 2, message: str = "stream broke") -> Iterator[dict[str, Any]]:
         for i in range(1, int(n) + 1):

@@ -1,4 +1,4 @@
-"""The ``snakepit-tasks`` command: worker, demo, status, doctor, setup, gen, flower."""
+"""The ``snakepit-tasks`` command: worker, demo, status, doctor, setup, gen, flower, beat."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -175,15 +174,37 @@ def cmd_gen(ns: argparse.Namespace) -> int:
 
 
 def cmd_flower(ns: argparse.Namespace) -> int:
-    """Run Flower against this configuration's broker."""
+    """Run Flower against this configuration's broker (never without auth, unless told)."""
+    from . import monitor
+
     if importlib.util.find_spec("flower") is None:
         print("error: Flower is not installed: pip install 'snakepit-tasks[flower]'",
               file=sys.stderr)
         return 2
     _settings(ns)
-    celery = shutil.which("celery") or sys.executable
-    argv = [celery] if celery != sys.executable else [sys.executable, "-m", "celery"]
-    argv += ["-A", "snakepit_tasks.node.entry", "flower", *ns.flower_args]
+    argv = monitor.flower_argv(ns.flower_args, os.environ)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def cmd_beat(ns: argparse.Namespace) -> int:
+    """Run Celery beat with the Redis-held schedule and lock (one active beat)."""
+    from . import beat
+
+    opts = argparse.ArgumentParser(
+        prog="snakepit-tasks beat",
+        description="Celery beat for snakepit calls; one beat is active however many run. "
+        "Other options go to `celery beat`.",
+    )
+    opts.add_argument("--schedule", help="beat schedule: a module name or a .py file "
+                      "(a Celery config module with beat_schedule)")
+    known, rest = opts.parse_known_args(ns.beat_args)
+    _settings(ns)
+    argv, path = beat.beat_argv(known.schedule, rest)
+    if path:
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (path, os.environ.get("PYTHONPATH", "")) if p
+        )
     os.execv(argv[0], argv)
     return 0  # pragma: no cover
 
@@ -224,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     ga.set_defaults(fn=cmd_gen)
     fl = sub.add_parser("flower", help="run Flower (needs the [flower] extra); options follow")
     fl.set_defaults(fn=cmd_flower, flower_args=[])
+    bt = sub.add_parser("beat", help="run Celery beat (needs the [beat] extra): --schedule "
+                        "MODULE_OR_FILE; other options follow")
+    bt.set_defaults(fn=cmd_beat, beat_args=[])
     return parser
 
 
@@ -236,9 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         args, flower_args = args[: at + 1], args[at + 1 :]
         if flower_args[:1] == ["--"]:
             flower_args = flower_args[1:]
+    beat_args: list[str] = []
+    if "beat" in args and "flower" not in args:  # everything after it belongs to beat
+        at = args.index("beat")
+        args, beat_args = args[: at + 1], [a for a in args[at + 1 :] if a != "--"]
     ns = build_parser().parse_args(args)
     if ns.command == "flower":
         ns.flower_args = flower_args
+    if ns.command == "beat":
+        ns.beat_args = beat_args
     try:
         return int(ns.fn(ns))
     except SnakepitError as exc:

@@ -155,3 +155,13 @@ def fast_node_queue(node: str) -> str:
 def fast_processing(node: str) -> str:
     """Fast-lane calls ``node`` has taken and not finished (the janitor's to recover)."""
     return f"{PREFIX}:fast:node:{node}:processing"
+
+
+def job_runs(job: str) -> str:
+    """List of the task ids of job ``job``'s latest runs (newest first, capped; TTL)."""
+    return f"{PREFIX}:job:{job}:runs"
+
+
+def beat_prefix() -> str:
+    """Prefix of celery-redbeat's keys: the schedule, its entries and the one-beat lock."""
+    return f"{PREFIX}:beat:"

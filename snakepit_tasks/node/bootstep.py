@@ -50,6 +50,11 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         worker.concurrency = 2 * self.count * self.pool.capacity
         worker.min_concurrency = worker.concurrency  # the Pool step copied the old value
         watch_parent()
+        if settings.task_events:
+            # Flower watches: send task events, and worker heartbeats (even when started with
+            # --without-heartbeat), else Flower lists the node as offline.
+            worker.task_events = True
+            worker.options["without_heartbeat"] = False
         queues = app.amqp.queues
         names = [keys.pool_queue(self.pool.name), keys.node_queue(worker.hostname)]
         for queue_name in names:
