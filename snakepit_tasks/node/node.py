@@ -33,6 +33,7 @@ from ..streaming import entries
 from ..streaming.writer import ChunkWriter
 from . import lease
 from .claim import Claims, DuplicateCopy, Redirect
+from .host_tools import HostToolsServer
 from .janitor import Janitor
 from .worker import AdapterWorker
 from .workerset import NodeDraining, WorkerGone, WorkerSet
@@ -68,6 +69,12 @@ class Node:
             instance=settings.instance_name,
             on_exit=self._worker_exited,
         )
+        self.host_tools = HostToolsServer(
+            settings, pool, self.redis, os.path.join(self.workers.run_dir, "host-tools.sock"),
+            capacity=self.workers.capacity,
+        )
+        for w in self.workers.workers:
+            w.host_tools_socket = self.host_tools.socket_path
         self.lease = lease.NodeLease(
             self.redis,
             name,
@@ -87,7 +94,12 @@ class Node:
         """Start the workers (ready before this returns); :meth:`publish` advertises them."""
         started = time.monotonic()
         self.redis.delete(keys.busy(self.name))
-        self.workers.start()
+        self.host_tools.start()
+        try:
+            self.workers.start()
+        except BaseException:
+            self.host_tools.stop()
+            raise
         log.info(
             "node %s: %d %s worker(s) of %s ready in %.0f ms",
             self.name,
@@ -123,6 +135,7 @@ class Node:
             self.janitor.stop()
         self.lease.stop()
         self.workers.stop()
+        self.host_tools.stop()
         try:
             self.redis.delete(keys.busy(self.name))
         except Exception:
