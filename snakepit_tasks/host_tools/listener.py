@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import inspect
 import logging
 import os
@@ -70,6 +71,8 @@ class Listener:
             return
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
+            with contextlib.suppress(redis.RedisError):  # wake its BLPOP: exit without delay
+                self.r.rpush(keys.host_requests(self.registrant), b"")
             self._thread.join(timeout)
         with self._lock:
             tools = list(self._tools)
@@ -137,7 +140,7 @@ class Listener:
                     log.warning("host tools: Redis unreachable (%s); retrying", exc)
                 self._stop.wait(min(2.0, 0.1 * failures))
                 continue
-            if got:
+            if got and got[1]:  # (an empty entry only wakes the loop)
                 self._pool.submit(self._serve, bytes(got[1]))
 
     def _refresh(self) -> None:
