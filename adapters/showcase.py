@@ -86,6 +86,13 @@ class ShowcaseAdapter(BaseAdapter):
             "worker_id": self.session_context.worker_id,
         }
 
+    @tool(description="SHA-256 of data, computed by the host tool calculate_hash")
+    def hash_via_host(self, data: str) -> dict[str, Any]:
+        # calculate_hash runs wherever it was registered (sp.register_host_tool), or in the
+        # node when the pool's configuration names it in host_tools.
+        digest = self.session_context.call_host_tool("calculate_hash", {"data": data})
+        return {"hash": digest, "pid": os.getpid(), "worker_id": self.session_context.worker_id}
+
     @tool(description="Yield n chunks, optionally pausing between them", supports_streaming=True)
     def stream_count(
         self, n: int = 5, delay: float = 0.0

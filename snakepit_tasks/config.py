@@ -41,6 +41,8 @@ class PoolConfig:
     startup_batch_delay_ms: int | None = None
     workers_per_node: int = 0
     adapter_env: dict[str, str] = field(default_factory=dict)
+    # Global host tools ("module:function"): run inside the node, visible to every session
+    host_tools: tuple[str, ...] = ()
 
     @property
     def capacity(self) -> int:
@@ -128,6 +130,10 @@ class Settings:
     # Synchronous calls (execute, execute_in_session) travel over Redis lists to the node
     # instead of Celery's task protocol; execute_async/.delay/canvas/beat stay on Celery
     fast_lane: bool = True
+    # Host tools: the longest a node waits for a host tool's answer (never past the call's
+    # own deadline); registrants hold a lease of node_lease_ttl_ms, refreshed every
+    # node_lease_interval_ms
+    host_tool_timeout_ms: int = 30_000
     # Celery events for Flower
     task_events: bool = False
 
@@ -325,6 +331,11 @@ def _build_pool(raw: Any, index: int) -> PoolConfig:
         raise ConfigurationError(
             f"{where}: adapter must be 'module:Class', got {pool.adapter!r}"
         )
+    for spec in pool.host_tools:
+        if spec.count(":") != 1 or not all(spec.partition(":")[::2]):
+            raise ConfigurationError(
+                f"{where}: host_tools entries must be 'module:function', got {spec!r}"
+            )
     if pool.pool_size < 1 or pool.threads_per_worker < 1:
         raise ConfigurationError(f"{where}: pool_size and threads_per_worker must be >= 1")
     return pool
@@ -358,6 +369,10 @@ def _build(values: dict[str, Any]) -> Settings:
     if dupes:
         raise ConfigurationError(f"pool name(s) used twice: {', '.join(dupes)}")
     settings = Settings(**checked)
+    if settings.host_tool_timeout_ms < 1:
+        raise ConfigurationError(
+            f"host_tool_timeout_ms must be >= 1, got {settings.host_tool_timeout_ms}"
+        )
     if settings.affinity not in AFFINITY_MODES:
         raise ConfigurationError(
             f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {settings.affinity!r}"

@@ -165,3 +165,24 @@ def job_runs(job: str) -> str:
 def beat_prefix() -> str:
     """Prefix of celery-redbeat's keys: the schedule, its entries and the one-beat lock."""
     return f"{PREFIX}:beat:"
+
+
+def host_tools(session_id: str) -> str:
+    """Hash ``name -> JSON record`` of the host tools registered for a session; expires with
+    the session (see :mod:`snakepit_tasks.host_tools.registry`)."""
+    return f"{PREFIX}:host_tools:{session_id}"
+
+
+def host_registrant(registrant: str) -> str:
+    """Lease of a process that registered host tools; its listener refreshes it."""
+    return f"{PREFIX}:host_registrant:{registrant}"
+
+
+def host_requests(registrant: str) -> str:
+    """List of host-tool requests for one registering process (its listener BLPOPs it)."""
+    return f"{PREFIX}:host_registrant:{registrant}:requests"
+
+
+def host_reply(request_id: str) -> str:
+    """List a registrant pushes a host-tool call's outcome to (the node BLPOPs it)."""
+    return f"{PREFIX}:host_reply:{request_id}"

@@ -21,6 +21,7 @@ from .errors import (
     SnakepitError,
     WorkerBusy,
 )
+from .host_tools.context import check_reentry
 from .queues import declare_queue
 
 
@@ -152,6 +153,7 @@ def _session_route(
             )
         session_store.unbind(r, session_id)  # the next worker to run it binds it
         return call, keys.pool_queue(pool)
+    check_reentry(session_id, worker, mode or "hint", busy)  # from a host tool it waits for
     if busy and mode == "strict_fail_fast":
         raise WorkerBusy(
             f"session {session_id!r}: worker {worker} is busy (affinity strict_fail_fast)",

@@ -35,6 +35,7 @@ from ..streaming.writer import ChunkWriter
 from . import lease
 from .claim import Claims, DuplicateCopy, Redirect
 from .fast_lane import FastLane
+from .host_tools import HostToolsServer
 from .janitor import Janitor
 from .worker import AdapterWorker
 from .workerset import NodeDraining, WorkerGone, WorkerSet
@@ -70,6 +71,12 @@ class Node:
             instance=settings.instance_name,
             on_exit=self._worker_exited,
         )
+        self.host_tools = HostToolsServer(
+            settings, pool, self.redis, os.path.join(self.workers.run_dir, "host-tools.sock"),
+            capacity=self.workers.capacity,
+        )
+        for w in self.workers.workers:
+            w.host_tools_socket = self.host_tools.socket_path
         self.lease = lease.NodeLease(
             self.redis,
             name,
@@ -90,7 +97,12 @@ class Node:
         """Start the workers (ready before this returns); :meth:`publish` advertises them."""
         started = time.monotonic()
         self.redis.delete(keys.busy(self.name))
-        self.workers.start()
+        self.host_tools.start()
+        try:
+            self.workers.start()
+        except BaseException:
+            self.host_tools.stop()
+            raise
         log.info(
             "node %s: %d %s worker(s) of %s ready in %.0f ms",
             self.name,
@@ -132,6 +144,7 @@ class Node:
         self.lease.stop()
         self.workers.stop()
         self.fast_lane.join()
+        self.host_tools.stop()
         try:
             self.redis.delete(keys.busy(self.name))
         except Exception:
