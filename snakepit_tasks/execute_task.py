@@ -40,8 +40,9 @@ class ExecuteTask(Task):
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult:
-        with redis_errors_as_snakepit("sending the call"):
-            route = routing.prepare(self.app.snakepit_settings, args, kwargs)
+        settings = self.app.snakepit_settings
+        with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
+            route = routing.prepare(settings, args, kwargs)
             options.setdefault("queue", route.queue)
             try:
                 return super().apply_async((), route.call.to_kwargs(), **options)

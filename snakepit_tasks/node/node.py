@@ -262,7 +262,8 @@ class Node:
         requeued = False
         try:
             command, args = call.command, call.args
-            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
+            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id,
+                     "timeout": call.timeout or deadline - (call.enqueued_at or deadline)}
             if writer is None:
                 outcome = self._execute_guarded(held, command, args, **where)
                 return outcome

@@ -296,10 +296,12 @@ class WorkerSet:
         deadline: float,
         call_id: str = "",
         session_id: str = "",
+        timeout: float | None = None,
     ) -> Any:
         """Run ``command`` on ``worker`` (a slot taken with :meth:`acquire`); its result."""
         return self._calls.execute(
-            worker, command, args, deadline=deadline, call_id=call_id, session_id=session_id
+            worker, command, args, deadline=deadline, call_id=call_id, session_id=session_id,
+            timeout=timeout,
         )
 
     def stream_on(
@@ -313,10 +315,11 @@ class WorkerSet:
         cancelled: threading.Event,
         call_id: str = "",
         session_id: str = "",
+        timeout: float | None = None,
     ) -> Any:
         """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
         final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
         return self._calls.stream(
             worker, command, args, deadline=deadline, on_chunk=on_chunk, cancelled=cancelled,
-            call_id=call_id, session_id=session_id,
+            call_id=call_id, session_id=session_id, timeout=timeout,
         )
