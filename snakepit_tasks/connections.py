@@ -39,10 +39,14 @@ def shown(url: str) -> str:
 
 @contextlib.contextmanager
 def redis_errors_as_snakepit(
-    doing: str, redis_url: str = "", broker_url: str = ""
+    doing: str,
+    redis_url: str = "",
+    broker_url: str = "",
+    *,
+    outcome: str = "the call may or may not have been sent",
 ) -> Iterator[None]:
     """Turn a lost Redis or broker connection into :class:`RedisUnavailable` that names the
-    URL it could not reach (password redacted)."""
+    URL it could not reach (password redacted) and, if given, what it means (``outcome``)."""
     from kombu.exceptions import OperationalError
 
     try:
@@ -55,7 +59,7 @@ def redis_errors_as_snakepit(
         raise RedisUnavailable(
             f"{what} could not be reached while {doing}: {redact(str(exc))}; check that it "
             "runs and that redis_url (SNAKEPIT_REDIS_URL or the configuration file) points at "
-            "it (the call may or may not have been sent)",
+            "it" + (f" ({outcome})" if outcome else ""),
             {"error": redact(str(exc)), "url": shown(url)},
         ) from None
 

@@ -76,6 +76,7 @@ class Node:
             settings.node_lease_interval_ms,
             self._describe,
         )
+        self.workers.on_change = self.lease.changed  # status sees calls within moments
         self.claims = Claims(self.redis, settings, pool, name, self.workers)
         self._shutdown_timer: threading.Timer | None = None
         self.janitor: Any = None

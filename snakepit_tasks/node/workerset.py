@@ -89,6 +89,8 @@ class WorkerSet:
             settings.worker_starter_max_restarts, settings.worker_starter_max_seconds
         )
         self._supervisor: threading.Thread | None = None
+        #: Called after a slot is taken or given back (the node republishes its lease).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- life cycle ----------------------------------------------------------------------
     @property
@@ -283,11 +285,14 @@ class WorkerSet:
     ) -> AdapterWorker:
         """Take a slot on a ready worker (``worker_id``'s if given, never ``exclude``'s)
         before ``deadline``; untainted, least-loaded workers first."""
-        return self._slots.acquire(deadline, worker_id, exclude)
+        worker = self._slots.acquire(deadline, worker_id, exclude)
+        self.on_change()
+        return worker
 
     def release(self, worker: AdapterWorker) -> None:
         """Give back a slot taken with :meth:`acquire`; recycle the worker if it is due."""
         self._slots.release(worker)
+        self.on_change()
 
     # -- the hand-off (see .rpc) ---------------------------------------------------------
     def execute_on(
