@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/snakepit-tasks demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check snakepit_tasks adapters tests bench
+	$(BIN)/ruff check snakepit_tasks adapters tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
