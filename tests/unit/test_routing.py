@@ -195,7 +195,7 @@ def test_check_pool(settings: Settings, r: fakeredis.FakeRedis) -> None:
     routing.check_pool(settings, "a")
 
 
-# -- sessions and affinity (DESIGN.md "Sessions and affinity") ------------------------------
+# -- sessions and affinity (docs/architecture.md "Sessions and affinity") ----------------
 
 
 def bind_session(
