@@ -147,7 +147,10 @@ def _run_and_wait(
     **options: Any,
 ) -> Any:
     def once() -> Any:
-        with connections.redis_errors_as_snakepit(f"running {command!r}"):
+        settings = app.snakepit_settings
+        with connections.redis_errors_as_snakepit(
+            f"running {command!r}", settings.redis_url, settings.broker
+        ):
             return guarded(
                 app,
                 options.get("pool"),

@@ -57,8 +57,8 @@ class ExecuteTask(Task):
         job = options.pop("job", None)
         if job is not None:
             _check_name("job", job)
-        with redis_errors_as_snakepit("sending the call"):
-            settings = self.app.snakepit_settings
+        settings = self.app.snakepit_settings
+        with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
             route = routing.prepare(settings, args, kwargs)
             options.setdefault("queue", route.queue)
             options.setdefault("kwargsrepr", _preview(route.call))

@@ -168,15 +168,18 @@ def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
     """PoolNotFound for an unknown pool, NoWorkersAvailable when no node serves it."""
     configured = {p.name for p in settings.pools}
     known = configured | pool_state.known_pools(r)
+    url = connections.shown(settings.redis_url)
     if pool not in known:
         return PoolNotFound(
-            f"unknown pool {pool!r}; known pools: {', '.join(sorted(known)) or 'none'}",
-            {"pool": pool, "known": sorted(known)},
+            f"unknown pool {pool!r}: it is not configured here and no node has served it on "
+            f"Redis {url}; known pools: {', '.join(sorted(known)) or 'none'}",
+            {"pool": pool, "known": sorted(known), "redis_url": url},
         )
     return NoWorkersAvailable(
-        f"no live node serves pool {pool!r}; start one with "
-        f"`snakepit-tasks worker --pool {pool}`",
-        {"pool": pool},
+        f"no live node serves pool {pool!r} on Redis {url}; start one with "
+        f"`snakepit-tasks worker --pool {pool}` using the same Redis (SNAKEPIT_REDIS_URL, or "
+        "SNAKEPIT_CONFIG naming the same configuration file, in both environments)",
+        {"pool": pool, "redis_url": url},
     )
 
 

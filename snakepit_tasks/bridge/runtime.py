@@ -251,6 +251,9 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                                     break
                                 seq += 1
                                 yield pb.StreamChunk(seq=seq, data=_payload(item))
+                    else:  # a tool that does not stream: its result is the one chunk
+                        seq += 1
+                        yield pb.StreamChunk(seq=seq, data=_payload(value))
                 if stopped.is_set():
                     return
                 yield pb.StreamChunk(seq=seq + 1, is_final=True, result=_payload(value))

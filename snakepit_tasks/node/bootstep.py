@@ -11,6 +11,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .. import keys, processes
+from . import console
 from .intake import install as install_intake
 from .node import Node
 from .worker import WorkerStartError
@@ -41,6 +42,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         settings = app.snakepit_settings
         if settings.broker.startswith(("redis://", "rediss://", "unix://")):
             install(settings.broker)
+        console.install()  # before Celery's banner shows the broker URL
         name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
         self.pool = settings.pool(name)
         self.node: Node | None = None
@@ -82,6 +84,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         self._handlers = (ready, shutting_down, shutdown)
 
     def start(self, worker: Any) -> None:
+        if getattr(worker, "quiet", False):
+            console.quiet_shutdown(worker)
         settings = worker.app.snakepit_settings
         node = Node(settings, self.pool, worker.hostname, count=self.count)
         try:

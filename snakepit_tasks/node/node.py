@@ -85,6 +85,7 @@ class Node:
             settings.node_lease_interval_ms,
             self._describe,
         )
+        self.workers.on_change = self.lease.changed  # status sees calls within moments
         self.claims = Claims(self.redis, settings, pool, name, self.workers)
         self.fast_lane = FastLane(self, threads=2 * self.workers.capacity)
         self._shutdown_timer: threading.Timer | None = None
@@ -297,7 +298,8 @@ class Node:
         requeued = False
         try:
             command, args = call.command, call.args
-            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
+            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id,
+                     "timeout": call.timeout or deadline - (call.enqueued_at or deadline)}
             if writer is None:
                 outcome = self._execute_guarded(held, command, args, **where)
                 return outcome
