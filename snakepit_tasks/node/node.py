@@ -98,11 +98,13 @@ class Node:
         """Start the workers (ready before this returns); :meth:`publish` advertises them."""
         started = time.monotonic()
         self.redis.delete(keys.busy(self.name))
-        self.host_tools.start()
         try:
+            self.workers.open_run_dir()
+            self.host_tools.start()
             self.workers.start()
         except BaseException:
             self.host_tools.stop()
+            self.workers.stop(grace=1.0)
             raise
         log.info(
             "node %s: %d %s worker(s) of %s ready in %.0f ms",

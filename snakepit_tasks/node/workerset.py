@@ -98,6 +98,12 @@ class WorkerSet:
         """Calls this node can serve at once."""
         return sum(w.capacity for w in self.workers)
 
+    def open_run_dir(self) -> None:
+        """Sweep the run directories of dead earlier runs and make this run's (sockets are
+        bound there: the runtimes', and the node's HostTools)."""
+        run_dirs.sweep(self._run_path.parent, keep=self._run_path)
+        run_dirs.create(self._run_path)
+
     def start(self) -> None:
         """Start every worker, batch by batch; raise WorkerStartError if any cannot start."""
         batch = self.pool.startup_batch_size or self.settings.pool_startup_batch_size
@@ -108,10 +114,9 @@ class WorkerSet:
         if swept:
             log.warning("killed %d leftover adapter process(es) of earlier runs: %s",
                         len(swept), swept)
-        run_dirs.sweep(self._run_path.parent, keep=self._run_path)
         self.registry.begin_run(self.run_id, self.node_name)
         try:
-            run_dirs.create(self._run_path)
+            self.open_run_dir()
             for first in range(0, len(self.workers), max(1, batch)):
                 if first:
                     time.sleep(delay)

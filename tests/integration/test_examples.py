@@ -36,6 +36,9 @@ EXPECTED = {
                           "'crashes': 1", "pong after 2 attempts", "breaker is  ->  open",
                           "raised CircuitOpen", "the breaker is  ->  closed"],
     "thread_profile.py": ["4 x sleep(0.5) at once", "in 1 process(es)"],
+    "bidirectional_tools.py": ["host tools of the session  ->  ['calculate_hash']",
+                               "computed in this process  ->  True",
+                               "the adapter's call raised  ->  AdapterError"],
     "beat_batch.py": ["beat sent nightly-batch as task", "1/6 alpha  ->  ALPHA",
                       "6/6 foxtrot  ->  FOXTROT", "'processed': 6"],
 }
@@ -43,7 +46,9 @@ EXPECTED = {
 
 def test_every_example_is_run_here() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
-    assert scripts == set(EXPECTED)
+    # quickstart.py talks to a `snakepit-tasks worker` started beside it, as the README says:
+    # tests/integration/test_first_contact.py runs it that way.
+    assert scripts - {"quickstart.py"} == set(EXPECTED)
     assert (EXAMPLES / "webapp" / "app.py").is_file()
 
 
