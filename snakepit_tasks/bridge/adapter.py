@@ -34,6 +34,7 @@ class SessionContext:
     worker_id: str = ""
     call_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"  # the worker's device: "cuda:0", "mps", "cpu" (see the pool's device)
 
 
 @overload
@@ -110,6 +111,9 @@ class BaseAdapter:
     __thread_safe__ = False
 
     session_context: SessionContext
+    #: The device this worker uses ("cuda:0", "mps", "cpu"): the pool's ``device`` setting;
+    #: with ``device = "auto"`` each worker of a multi-GPU host sees its own GPU as cuda:0.
+    device: str = "cpu"
 
     def __init__(self) -> None:
         self.session_context = SessionContext()

@@ -18,12 +18,13 @@ from typing import Any
 import grpc
 
 from ..config import PoolConfig, Settings
+from ..hardware import worker_device
 from .heartbeat import Heartbeats
 from .registry import ProcessRegistry
 from .restarts import RestartLimit
 from .rpc import WorkerCalls, WorkerGone
 from .slots import NodeDraining, Slots
-from .worker import AdapterWorker, WorkerStartError, worker_env
+from .worker import AdapterWorker, WorkerStartError, settings_env, worker_env
 
 __all__ = ["NodeDraining", "WorkerGone", "WorkerSet"]
 
@@ -43,16 +44,21 @@ class WorkerSet:
         run_id: str = "",
         instance: str = "",
         on_exit: Callable[[AdapterWorker, str], None] | None = None,
+        relay: Callable[[Any], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.node_name = node_name
         self.run_id = run_id
+        count = count if count is not None else pool.pool_size
+        # Each worker's device (DeviceNotAvailable for a device this host lacks).
+        devices = [worker_device(pool.device, i)[1] for i in range(count)]
         self.registry = ProcessRegistry(
             settings.data_dir or None, settings.instance_name, settings.instance_token
         )
         self.run_dir = tempfile.mkdtemp(prefix="snakepit-")  # mode 0700
-        env = worker_env(dict(os.environ), pool.worker_profile, pool.adapter_env)
+        env = worker_env(dict(os.environ), pool.worker_profile,
+                         {**settings_env(settings), **pool.adapter_env})
         self.workers = [
             AdapterWorker(
                 worker_id=f"{node_name}/{i}",
@@ -62,9 +68,9 @@ class WorkerSet:
                 run_dir=self.run_dir,
                 run_id=run_id,
                 instance=instance,
-                env=env,
+                env={**env, **devices[i]},
             )
-            for i in range(count if count is not None else pool.pool_size)
+            for i in range(count)
         ]
         self._cond = threading.Condition()
         self._restarts: queue.Queue[tuple[AdapterWorker, str] | None] = queue.Queue()
@@ -76,7 +82,7 @@ class WorkerSet:
         )
         self._calls = WorkerCalls(
             settings.stream_max_chunk_bytes, self._slots.mark_dead, lambda: self._stopping,
-            max_result_bytes=settings.max_result_bytes,
+            max_result_bytes=settings.max_result_bytes, relay=relay,
         )
         self._heartbeats = Heartbeats(settings, self.workers, self._after_beat)
         self._limit = RestartLimit(
