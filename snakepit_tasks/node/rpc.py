@@ -83,7 +83,10 @@ class WorkerCalls:
                 "or raise the limit",
                 {"size": size, "limit": self.max_result_bytes},
             )
-        return serialization.decode(payload.data, payload.encoding)
+        value = serialization.decode(payload.data, payload.encoding)
+        if payload.encoding == serialization.ZERO_COPY and self.relay is not None:
+            return self.relay(value)
+        return value
 
     def stream(
         self,

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from .handle import HANDLE_TAG, INLINE_TAG, TRANSPORTS, Handle, Options, is_handle, is_inline
+from .host import host_id
 from .receive import mapping_of, materialize, release, resolve
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Handle",
     "Options",
     "hold",
+    "host_id",
     "is_handle",
     "is_inline",
     "is_zero_copy",

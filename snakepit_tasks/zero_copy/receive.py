@@ -8,7 +8,6 @@ any more (the mapping is garbage-collected), or by its producer when its TTL pas
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 import weakref
@@ -19,6 +18,7 @@ from . import arrow, ipc
 from .arena import HEADER, HEADER_BYTES, IN_USE, MAGIC, RELEASED, STATE_OFFSET
 from .handle import INLINE_TAG, TRANSPORTS, Handle, is_handle, is_inline
 from .host import host_id
+from .mapped import Region
 
 _lock = threading.Lock()
 _received: dict[int, tuple[weakref.ref[Any], Mapping]] = {}
@@ -27,10 +27,10 @@ _received: dict[int, tuple[weakref.ref[Any], Mapping]] = {}
 class Mapping:
     """This process's read-only mapping of one producer segment, and its release switch.
 
-    Holds no reference to the mapped data: once nothing in this process does, the mapping
-    is unmapped and the value released by itself."""
+    Holds no reference to the mapped data: once nothing in this process does (no buffer of
+    the table or array), the data is unmapped and the value released by itself."""
 
-    def __init__(self, handle: Handle, header: mmap.mmap, data: mmap.mmap) -> None:
+    def __init__(self, handle: Handle, header: Region, data: Region) -> None:
         self.handle = handle
         self._switch = _Switch(handle.id, header)
         self._data = weakref.ref(data)
@@ -50,16 +50,15 @@ class Mapping:
         data = self._data()
         if data is None:
             return 0, 0
-        start = arrow.require().py_buffer(data).address
-        return start, start + len(data)
+        return data.address, data.address + data.length
 
 
 class _Switch:
     """The header page of a producer segment: writes RELEASED into it, once."""
 
-    def __init__(self, handle_id: str, header: mmap.mmap) -> None:
+    def __init__(self, handle_id: str, header: Region) -> None:
         self._id = handle_id.encode()
-        self._header: mmap.mmap | None = header
+        self._header: Region | None = header
         self._lock = threading.Lock()
 
     def release(self) -> bool:
@@ -68,8 +67,8 @@ class _Switch:
         if header is None:
             return False
         try:
-            if header[:8] == MAGIC and header[16:48] == self._id:
-                header[STATE_OFFSET] = RELEASED
+            if header.read(0, 8) == MAGIC and header.read(16, 32) == self._id:
+                header.write_byte(STATE_OFFSET, RELEASED)
         finally:
             header.close()
         return True
@@ -164,15 +163,18 @@ def open_shm(handle: Handle) -> tuple[Any, Mapping]:
         if magic != MAGIC or ident != handle.id.encode() or state != IN_USE or (
                 length != handle.size) or os.fstat(fd).st_size < HEADER_BYTES + length:
             raise SerializationError(gone, {"handle": handle.id})
-        header = mmap.mmap(fd, HEADER_BYTES, flags=mmap.MAP_SHARED,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        data = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ,
-                         offset=HEADER_BYTES)
+        header = Region(fd, HEADER_BYTES, writable=True)
+        data = Region(fd, length, offset=HEADER_BYTES)
+    except OSError as exc:
+        raise SerializationError(f"{gone} (mmap: {exc.strerror})", {"handle": handle.id}
+                                 ) from None
     finally:
         os.close(fd)
     mapping = Mapping(handle, header, data)
     try:
-        reader = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(data)))
+        buffer = pa.foreign_buffer(data.address, data.length, base=data)
+        del data  # the buffers own it now: unmapped (and released) with the last of them
+        reader = pa.ipc.open_stream(pa.BufferReader(buffer))
         table = reader.read_all()
     except Exception as exc:
         mapping.release()
