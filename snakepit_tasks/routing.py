@@ -232,10 +232,13 @@ def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
             f"unknown pool {pool!r}; known pools: {', '.join(sorted(known)) or 'none'}",
             {"pool": pool, "known": sorted(known)},
         )
+    requires = required(settings, pool, ())
+    needs = (f" (it requires {', '.join(requires)}: a node on a host without that refuses "
+             "to start)") if requires else ""
     return NoWorkersAvailable(
-        f"no live node serves pool {pool!r}; start one with "
+        f"no live node serves pool {pool!r}{needs}; start one with "
         f"`snakepit-tasks worker --pool {pool}`",
-        {"pool": pool},
+        {"pool": pool, **({"requires": list(requires)} if requires else {})},
     )
 
 
