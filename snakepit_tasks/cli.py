@@ -121,6 +121,17 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
             pool.adapter, adapter_env=pool.adapter_env, profile=pool.worker_profile
         )
         report(error is None, f"pool {pool.name}: adapter {pool.adapter} imports", error or "")
+    from . import hardware
+
+    report(True, "hardware", hardware.one_line())
+    for pool in settings.pools:
+        if pool.requires or pool.device:
+            try:
+                hardware.check_host(pool.name, pool.requires, pool.device)
+                report(True, f"pool {pool.name}: this host has "
+                       + ", ".join([*pool.requires, *([pool.device] if pool.device else [])]))
+            except SnakepitError as exc:
+                report(False, f"pool {pool.name}: host", str(exc))
     return 0 if ok else 1
 
 
