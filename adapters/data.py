@@ -10,6 +10,7 @@ from typing import Any
 from snakepit_tasks.bridge import BaseAdapter, tool
 
 _MEMFD = "/memfd:snakepit-zc"
+_TABLES: dict[tuple[float, int], Any] = {}  # make_table(cache=True): built once per worker
 
 
 class DataAdapter(BaseAdapter):
@@ -17,14 +18,21 @@ class DataAdapter(BaseAdapter):
 
     __thread_safe__ = True
 
-    @tool(description="A table of `mib` MiB: an int64 column `n` = 0, 1, 2, ...")
-    def make_table(self, mib: float = 1.0, columns: int = 1) -> Any:
+    @tool(description="A table of `mib` MiB: int64 columns `n`, `n1`, ... = 0, 1, 2, ...; "
+                      "`cache`: the same table every call (built once per worker)")
+    def make_table(self, mib: float = 1.0, columns: int = 1, cache: bool = False) -> Any:
         import numpy as np
         import pyarrow as pa
 
+        if cache and (mib, columns) in _TABLES:
+            return _TABLES[(mib, columns)]
         rows = max(1, int(mib * 2**20) // (8 * columns))
-        return pa.table({f"n{i}" if i else "n": np.arange(rows, dtype=np.int64)
-                         for i in range(columns)})
+        table = pa.table({f"n{i}" if i else "n": np.arange(rows, dtype=np.int64)
+                          for i in range(columns)})
+        if cache:
+            _TABLES.clear()  # one cached table at a time
+            _TABLES[(mib, columns)] = table
+        return table
 
     @tool(description="A float64 array of the given shape, filled with `value`")
     def make_array(self, shape: list[int], value: float = 1.0) -> Any:

@@ -17,7 +17,7 @@ from .handle import Handle
 log = logging.getLogger("snakepit_tasks.zero_copy")
 
 #: Rows per Flight message are chosen so one message carries about this many bytes.
-MESSAGE_BYTES = 8 * 1024 * 1024
+MESSAGE_BYTES = 32 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 
 #: ``lookup(handle_id)`` -> ``(pyarrow Table, done)`` or None; ``done()`` runs after the stream.
