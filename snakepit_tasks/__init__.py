@@ -24,6 +24,7 @@ _EXPORTS = {
     "list_host_tools": "snakepit_tasks.host_tools.api",
     "register_host_tool": "snakepit_tasks.host_tools.api",
     "unregister_host_tool": "snakepit_tasks.host_tools.api",
+    "zero_copy": "snakepit_tasks.zero_copy",
     "SnakepitError": "snakepit_tasks.errors",
     "PoolConfig": "snakepit_tasks.config",
     "Settings": "snakepit_tasks.config",
@@ -96,6 +97,7 @@ __all__ = [
     "stream_result",
     "unregister_host_tool",
     "wait",
+    "zero_copy",
 ]
 
 
@@ -114,7 +116,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from . import errors, hardware, serialization, sessions
+    from . import errors, hardware, serialization, sessions, zero_copy
     from .app import configure, create_app, default_app
     from .caller import (
         await_ready,

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import AFFINITY_MODES
+from .config import AFFINITY_MODES, CAPABILITIES
 from .errors import ConfigurationError, SerializationError
 
 #: The Celery task that carries calls.
@@ -41,6 +41,7 @@ class Call:
     worker: str | None = None
     fallback: bool = False
     enqueued_at: float | None = None
+    requires: tuple[str, ...] = ()  # capabilities the serving host must have ("cuda", ...)
 
     @classmethod
     def parse(
@@ -62,6 +63,8 @@ class Call:
         values = {"command": None, **_fold(args, kwargs)}
         if values.get("args") is None:
             values["args"] = {}
+        if values.get("requires") is None:
+            values["requires"] = ()
         call = cls(**values)
         call._validate()
         now = time.time() if now is None else now
@@ -78,6 +81,8 @@ class Call:
             changes["deadline"] = now + float(seconds)
         if call.enqueued_at is None and default_timeout_ms is not None:
             changes["enqueued_at"] = now
+        if not isinstance(call.requires, tuple):
+            changes["requires"] = tuple(call.requires)
         return dataclasses.replace(call, **changes) if changes else call
 
     def to_kwargs(self) -> dict[str, Any]:
@@ -122,9 +127,27 @@ class Call:
             )
         if self.worker is not None:
             _check_name("worker", self.worker)
+        check_requires(self.requires)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Call))
+
+
+def check_requires(requires: Any) -> None:
+    """Raise unless ``requires`` is a list of capability names (ConfigurationError for an
+    unknown name, SerializationError for anything else)."""
+    if isinstance(requires, (str, bytes)) or not isinstance(requires, (list, tuple)):
+        raise SerializationError(
+            f"requires must be a list of capability names, got {_preview(requires)}",
+            {"requires": _preview(requires)},
+        )
+    for name in requires:
+        if name not in CAPABILITIES:
+            raise ConfigurationError(
+                f"requires names an unknown capability {_preview(name)}; known: "
+                f"{', '.join(CAPABILITIES)}",
+                {"requires": _preview(requires), "known": list(CAPABILITIES)},
+            )
 
 
 def timeout_seconds(timeout: Any, default_ms: int) -> float:

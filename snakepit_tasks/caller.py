@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from . import connections, dead_letters, fast_lane, keys, kombu_redis, lua, pool_state, replies
+from . import (
+    connections,
+    dead_letters,
+    fast_lane,
+    keys,
+    kombu_redis,
+    lua,
+    pool_state,
+    replies,
+    zero_copy,
+)
 from .app import default_app
 from .call import TASK_NAME, timeout_seconds
 from .errors import ConfigurationError, ExecutionTimeout, QueueTimeout
@@ -31,9 +41,10 @@ def execute_async(
     pool: str | None = None,
     timeout: float | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> AsyncResult:
     """Send a call; returns the Celery ``AsyncResult`` (``.get()`` gives the tool's result)."""
-    return send(_app(app), command, args, pool=pool, timeout=timeout)
+    return send(_app(app), command, args, pool=pool, timeout=timeout, requires=requires)
 
 
 def send(app: Celery, command: str, args: dict[str, Any] | None, **kwargs: Any) -> AsyncResult:
@@ -53,6 +64,7 @@ def execute(
     timeout: float | None = None,
     retry: RetryPolicy | bool | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> Any:
     """Run tool ``command`` with keyword arguments ``args`` on a worker; return its result.
 
@@ -60,10 +72,12 @@ def execute(
     ``default_command_timeout`` setting. A call no worker takes within ``pool_queue_timeout``
     fails with QueueTimeout and never runs. ``retry`` re-sends the call on the errors its
     policy names; ``retry=True`` uses the policy of the ``retry_*`` settings. The pool's
-    circuit breaker fails calls fast while it is open. Errors are
-    :mod:`snakepit_tasks.errors` classes.
+    circuit breaker fails calls fast while it is open. ``requires`` names capabilities the
+    serving host must have (``["cuda"]``; see ``sp.hardware.capabilities()``): DeviceNotAvailable
+    at once when no live node has them. Errors are :mod:`snakepit_tasks.errors` classes.
     """
-    return _run_and_wait(_app(app), command, args, pool=pool, timeout=timeout, retry=retry)
+    return _run_and_wait(_app(app), command, args, pool=pool, timeout=timeout, retry=retry,
+                         requires=requires)
 
 
 def execute_in_session_async(
@@ -75,11 +89,12 @@ def execute_in_session_async(
     timeout: float | None = None,
     affinity: str | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> AsyncResult:
     """Send a call of session ``session_id``; returns the Celery ``AsyncResult``."""
     return send(
         _app(app), command, args,
-        pool=pool, timeout=timeout, session_id=session_id, affinity=affinity,
+        pool=pool, timeout=timeout, session_id=session_id, affinity=affinity, requires=requires,
     )
 
 
@@ -93,6 +108,7 @@ def execute_in_session(
     affinity: str | None = None,
     retry: RetryPolicy | bool | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> Any:
     """Like :func:`execute`, on the worker that holds session ``session_id``.
 
@@ -100,7 +116,7 @@ def execute_in_session(
     """
     return _run_and_wait(
         _app(app), command, args, pool=pool, timeout=timeout, session_id=session_id,
-        affinity=affinity, retry=retry,
+        affinity=affinity, retry=retry, requires=requires,
     )
 
 
@@ -195,7 +211,7 @@ def _send_and_wait(
     if queue_deadline < deadline:
         body = replies.pop(r, call_id, queue_deadline)
         if body is not None:
-            return replies.outcome(body)
+            return replies.outcome(body, settings)
         if give_up(app, call_id, options.get("pool") or settings.default_pool_name):
             raise QueueTimeout(
                 f"no worker took call {command!r} within pool_queue_timeout "
@@ -210,7 +226,7 @@ def _send_and_wait(
             f"no result for call {command!r} ({call_id}) within {seconds:g} s (its timeout)",
             {"task_id": call_id, "timeout": seconds},
         )
-    return replies.outcome(body)
+    return replies.outcome(body, settings)
 
 
 def give_up(app: Celery, call_id: str, pool: str) -> bool:
@@ -223,12 +239,14 @@ def give_up(app: Celery, call_id: str, pool: str) -> bool:
 def wait(result: AsyncResult, timeout: float | None = None) -> Any:
     """Wait up to ``timeout`` seconds for a call's result; raise ExecutionTimeout after."""
     try:
-        return result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+        value = result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
     except CeleryTimeoutError:
         result.revoke()
         raise ExecutionTimeout(
             f"no result for call {result.id} within {timeout}s", {"task_id": result.id}
         ) from None
+    # Zero-copy handles in the backend's result become tables and arrays.
+    return zero_copy.resolve(value, result.app.snakepit_settings.zero_copy_transport)
 
 
 def get_result(task_id: str, *, app: Celery | None = None) -> AsyncResult:

@@ -23,6 +23,10 @@ from typing import Any
 from .errors import ConfigurationError
 
 WORKER_PROFILES = ("process", "thread")
+ZERO_COPY_TRANSPORTS = ("auto", "shm", "flight")
+#: What a pool's ``requires`` or a call's ``requires=`` may name (sp.hardware.capabilities()).
+CAPABILITIES = ("cpu", "cuda", "rocm", "mps", "avx", "avx2", "avx512")
+DEVICES = ("", "auto", "cpu", "cuda", "mps", "rocm")
 AFFINITY_MODES = ("hint", "strict_queue", "strict_fail_fast")
 POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 DEFAULT_ADAPTER = "adapters.showcase:ShowcaseAdapter"
@@ -44,6 +48,11 @@ class PoolConfig:
     adapter_env: dict[str, str] = field(default_factory=dict)
     # Global host tools ("module:function"): run inside the node, visible to every session
     host_tools: tuple[str, ...] = ()
+    # Capabilities the host must have (sp.hardware.capabilities() names: "cuda", "avx2", ...)
+    requires: tuple[str, ...] = ()
+    # The device adapters use: "" (none named), "cpu", "cuda", "cuda:1", "mps", "rocm", or
+    # "auto" (each worker its own GPU on a multi-GPU host, else mps, else cpu)
+    device: str = ""
 
     @property
     def capacity(self) -> int:
@@ -126,6 +135,15 @@ class Settings:
     # belongs on the zero-copy path)
     max_call_bytes: int = 16 * 1024 * 1024
     max_result_bytes: int = 64 * 1024 * 1024
+    # Zero-copy: values from this size travel as handles to shared memory (or Arrow Flight);
+    # the owner frees an unreleased one after the TTL; transport "auto" | "shm" | "flight";
+    # the address Flight servers listen on (and advertise; "0.0.0.0": every interface, the
+    # host name advertised); how long a released segment stays ready for reuse
+    zero_copy_threshold_bytes: int = 1024 * 1024
+    zero_copy_ttl_ms: int = 300_000
+    zero_copy_transport: str = "auto"
+    zero_copy_flight_host: str = "127.0.0.1"
+    zero_copy_arena_idle_ms: int = 30_000
     # Broker: seconds before Redis re-delivers an unacknowledged message
     visibility_timeout: int = 3_600
     # Synchronous calls (execute, execute_in_session) travel over Redis lists to the node
@@ -441,6 +459,18 @@ def _build_pool(raw: Any, index: int) -> PoolConfig:
             )
     if pool.pool_size < 1 or pool.threads_per_worker < 1:
         raise ConfigurationError(f"{where}: pool_size and threads_per_worker must be >= 1")
+    unknown_caps = [c for c in pool.requires if c not in CAPABILITIES]
+    if unknown_caps:
+        raise ConfigurationError(
+            f"{where}: requires names unknown capabilities {', '.join(map(repr, unknown_caps))}; "
+            f"known: {', '.join(CAPABILITIES)}"
+        )
+    kind, _, number = pool.device.partition(":")
+    if kind not in DEVICES or (number and (kind not in ("cuda", "rocm") or not number.isdigit())):
+        raise ConfigurationError(
+            f"{where}: device must be auto, cpu, cuda, cuda:N, mps, rocm or rocm:N, "
+            f"got {pool.device!r}"
+        )
     return pool
 
 
@@ -468,6 +498,15 @@ def _build(values: dict[str, Any]) -> Settings:
     if settings.affinity not in AFFINITY_MODES:
         raise ConfigurationError(
             f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {settings.affinity!r}"
+        )
+    if settings.zero_copy_transport not in ZERO_COPY_TRANSPORTS:
+        raise ConfigurationError(
+            f"zero_copy_transport must be one of {', '.join(ZERO_COPY_TRANSPORTS)}, got "
+            f"{settings.zero_copy_transport!r}"
+        )
+    if settings.zero_copy_threshold_bytes < 0 or settings.zero_copy_ttl_ms <= 0:
+        raise ConfigurationError(
+            "zero_copy_threshold_bytes must be >= 0 and zero_copy_ttl_ms > 0"
         )
     for p in settings.pools:
         if p.pool_size > settings.pool_max_workers:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from . import keys, serialization
+from . import keys, serialization, zero_copy
 from .errors import from_wire, to_wire
 
 REPLY_TTL_SECONDS = 300
@@ -33,11 +33,16 @@ def push(pipe: Any, call_id: str, body: bytes) -> None:
     pipe.expire(key, REPLY_TTL_SECONDS)
 
 
-def outcome(body: bytes) -> Any:
-    """The result in a reply body, or raise its error as the original class."""
+def outcome(body: bytes, settings: Any = None) -> Any:
+    """The result in a reply body, or raise its error as the original class. Zero-copy
+    handles in the result become tables and arrays (read as ``settings`` say)."""
+    transport = settings.zero_copy_transport if settings is not None else "auto"
     data = serialization.decode(body)
     if data.get("ok"):
-        return data.get("result")
+        result = data.get("result")
+        if serialization.has_stand_ins(body):
+            result = zero_copy.resolve(result, transport)
+        return result
     raise from_wire(data.get("error"))
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from kombu import Queue
 
-from . import connections, keys, kombu_redis, pool_state, serialization, session_store
+from . import connections, hardware, keys, kombu_redis, pool_state, serialization, session_store
 from .call import Call
 from .config import AFFINITY_MODES, Settings
 from .errors import (
     ConfigurationError,
+    DeviceNotAvailable,
     NoWorkersAvailable,
     PoolNotFound,
     QueueFull,
@@ -23,6 +26,9 @@ from .errors import (
 )
 from .host_tools.context import check_reentry
 from .queues import declare_queue
+from .zero_copy import Options
+from .zero_copy import process as zero_copy_process
+from .zero_copy.host import host_id
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,17 @@ def parse(settings: Settings, args: Any, kwargs: Any) -> Call:
         default_timeout_ms=settings.default_command_timeout,
         streaming_timeout_ms=settings.pool_streaming_timeout,
     )
-    size = len(serialization.encode_args(call.args))
+    export = zero_copy_process.LazyExport(lambda: _begin_export(settings, call))
+    try:
+        data = serialization.encode_args(call.args, export.default)
+    except BaseException:
+        export.abandon()
+        raise
+    if export.started:  # large data left as handles, small as inline Arrow: plain JSON now
+        call = call.replace(args=serialization.decode(data))
+    size = len(data)
     if size > settings.max_call_bytes:
+        export.abandon()
         raise SerializationError(
             f"the call's arguments are {size} bytes, over max_call_bytes "
             f"({settings.max_call_bytes}); pass large data by reference or through the "
@@ -74,9 +89,32 @@ def parse(settings: Settings, args: Any, kwargs: Any) -> Call:
     return call
 
 
+def _begin_export(settings: Settings, call: Call) -> Any:
+    """The export of a call's large arguments: shared memory of this process, and Arrow
+    Flight when asked (``zero_copy_transport="flight"``) or when a node of the pool lives on
+    another host (``auto``)."""
+    options = Options.from_settings(settings)
+    flight = options.transport == "flight"
+    if options.transport == "auto":
+        r = connections.redis_client(settings.redis_url)
+        here = host_id()
+        nodes = pool_state.live_nodes(r, call.pool or settings.default_pool_name)
+        flight = any(n.get("host_id") != here for n in nodes)
+    exporter = zero_copy_process.exporter(options, f"caller pid {os.getpid()}")
+    return exporter.begin(arguments=True, offer_flight=flight)
+
+
 def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
     """Validate a call and decide its queue; raise before anything is sent."""
     call = parse(settings, args, kwargs)
+    try:
+        return _route(settings, call)
+    except BaseException:
+        zero_copy_process.discard_own(call.args)  # not sent: its large arguments are freed
+        raise
+
+
+def _route(settings: Settings, call: Call) -> Route:
     pool = call.pool or settings.default_pool_name
     session_id = call.session_id
     r = connections.redis_client(settings.redis_url)
@@ -93,6 +131,8 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
         raise missing_pool_error(settings, r, pool)
     waiting = sum(replies[1 : 1 + parts])
     node = None
+    requires = required(settings, pool, call.requires)
+    capable_node = _capable_node(r, pool, requires) if requires else None
     if session_id:
         call = call.replace(affinity=affinity_for(settings, pool, call.affinity))
         bound = replies[1 + parts]
@@ -103,6 +143,11 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
                 node = bound_node
                 waiting = kombu_redis.queue_length(r, queue_name) + int(
                     r.llen(keys.fast_node_queue(bound_node)))
+    if capable_node and queue_name == keys.pool_queue(pool):
+        queue_name = keys.node_queue(capable_node)  # not every node of the pool can run it
+        node = capable_node
+        waiting = kombu_redis.queue_length(r, queue_name) + int(
+            r.llen(keys.fast_node_queue(capable_node)))
     if waiting >= settings.pool_max_queue_size:
         pool_state.count(r, pool, pool_saturated=1)
         raise QueueFull(
@@ -111,6 +156,37 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
             {"pool": pool, "queued": waiting},
         )
     return Route(call=call, queue=declare_queue(queue_name), node=node)
+
+
+def required(settings: Settings, pool: str, requires: tuple[str, ...]) -> tuple[str, ...]:
+    """What a call needs of its host: its own ``requires`` and its pool's."""
+    for p in settings.pools:
+        if p.name == pool and p.requires:
+            return tuple(dict.fromkeys((*p.requires, *requires)))
+    return requires
+
+
+def _capable_node(r: Any, pool: str, requires: tuple[str, ...]) -> str | None:
+    """None when every live node of ``pool`` has ``requires``, else one that has (picked at
+    random); DeviceNotAvailable, naming the requirement, when none has."""
+    nodes = pool_state.live_nodes(r, pool)
+    capable, seen = [], []
+    for node in nodes:
+        try:
+            caps = json.loads(node.get("capabilities") or "{}")
+        except ValueError:
+            caps = {}
+        lacking = hardware.missing(requires, caps)
+        seen.append(f"{node['name']} lacks {', '.join(lacking)}" if lacking else node["name"])
+        if not lacking:
+            capable.append(node["name"])
+    if not capable:
+        raise DeviceNotAvailable(
+            f"no live node of pool {pool!r} has {', '.join(requires)} "
+            f"({'; '.join(seen) or 'no live node'}); start the pool on a host that has it",
+            {"pool": pool, "requires": list(requires), "nodes": seen},
+        )
+    return None if len(capable) == len(nodes) else random.choice(capable)
 
 
 def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
@@ -175,11 +251,14 @@ def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
             f"Redis {url}; known pools: {', '.join(sorted(known)) or 'none'}",
             {"pool": pool, "known": sorted(known), "redis_url": url},
         )
+    requires = required(settings, pool, ())
+    needs = (f" (it requires {', '.join(requires)}: a node on a host without that refuses "
+             "to start)") if requires else ""
     return NoWorkersAvailable(
-        f"no live node serves pool {pool!r} on Redis {url}; start one with "
+        f"no live node serves pool {pool!r}{needs} on Redis {url}; start one with "
         f"`snakepit-tasks worker --pool {pool}` using the same Redis (SNAKEPIT_REDIS_URL, or "
         "SNAKEPIT_CONFIG naming the same configuration file, in both environments)",
-        {"pool": pool, "redis_url": url},
+        {"pool": pool, "redis_url": url, **({"requires": list(requires)} if requires else {})},
     )
 
 

@@ -47,6 +47,7 @@ class SessionContext:
     metadata: dict[str, str] = field(default_factory=dict)
     deadline: float | None = None  # epoch seconds by which the call must end
     host_client: HostToolsClient | None = field(default=None, repr=False, compare=False)
+    device: str = "cpu"  # the worker's device: "cuda:0", "mps", "cpu" (see the pool's device)
 
     def call_host_tool(self, name: str, args: dict[str, Any] | None = None, /,
                        **kwargs: Any) -> Any:
@@ -173,6 +174,9 @@ class BaseAdapter:
     __thread_safe__ = False
 
     session_context: SessionContext
+    #: The device this worker uses ("cuda:0", "mps", "cpu"): the pool's ``device`` setting;
+    #: with ``device = "auto"`` each worker of a multi-GPU host sees its own GPU as cuda:0.
+    device: str = "cpu"
 
     def __init__(self) -> None:
         self.session_context = SessionContext()

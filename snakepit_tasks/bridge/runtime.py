@@ -24,10 +24,13 @@ from typing import Any
 
 import grpc
 
-from .. import processes, serialization
+from .. import processes, serialization, zero_copy
 from .._proto import bridge_pb2 as pb
 from .._proto import bridge_pb2_grpc as pb_grpc
-from ..errors import SerializationError
+from ..config import load_settings
+from ..errors import ConfigurationError, SerializationError
+from ..hardware import DEVICE_ENV
+from ..zero_copy import process as zero_copy_process
 from .adapter import BaseAdapter, SessionContext
 from .host_client import HostToolsClient
 from .limits import MAX_MESSAGE_BYTES
@@ -75,6 +78,51 @@ def _payload(value: Any) -> pb.Payload:
     return pb.Payload(data=serialization.encode_result(value), encoding=serialization.JSON)
 
 
+class _LargeData:
+    """This runtime's zero-copy side: results of at least the threshold become handles to
+    its arena (its node relays them); arguments that are handles are mapped."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self._options: zero_copy.Options | None = None
+
+    @property
+    def options(self) -> zero_copy.Options:
+        if self._options is None:
+            try:  # the node passes its zero-copy settings in the environment
+                self._options = zero_copy.Options.from_settings(load_settings())
+            except ConfigurationError as exc:
+                print(f"snakepit runtime: zero-copy uses its defaults: {exc}", file=sys.stderr)
+                self._options = zero_copy.Options()
+        return self._options
+
+    def result(self, value: Any) -> pb.Payload:
+        """A result encoded for the wire: large data as handles (raises SerializationError)."""
+        export = zero_copy_process.LazyExport(self._begin)
+        try:
+            data = serialization.encode_result(value, export.default)
+        except BaseException:
+            export.abandon()
+            raise
+        encoding = serialization.ZERO_COPY if export.used else serialization.JSON
+        return pb.Payload(data=data, encoding=encoding)
+
+    def _begin(self) -> Any:
+        exporter = zero_copy_process.exporter(
+            self.options, f"runtime {self.worker_id} (pid {os.getpid()})", relayed=True)
+        return exporter.begin(arguments=False)
+
+    def arguments(self, payload: pb.Payload, received: list[Any]) -> Any:
+        """A call's arguments, handles mapped (read-only) into this process; the values
+        made from them are appended to ``received`` (to release after the call)."""
+        if payload.encoding != serialization.ZERO_COPY and not (
+                serialization.has_stand_ins(payload.data)):
+            return serialization.decode(payload.data, payload.encoding)
+        transport = self.options.transport
+        return serialization.decode(payload.data, payload.encoding,
+                                    lambda v: zero_copy.resolve(v, transport, received))
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -118,6 +166,8 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         self._methods = {name: adapter_cls.tool_method_name(name) for name in self.tools}
         self._inflight = 0
         self._lock = threading.Lock()
+        self.large_data = _LargeData(worker_id)
+        self.device = os.environ.get(DEVICE_ENV) or "cpu"
         # At most ``capacity`` tools run at once, even while a cancelled stream winds down.
         self._slots = threading.BoundedSemaphore(capacity)
 
@@ -132,10 +182,11 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
             metadata=dict(metadata),
             deadline=None if remaining is None else time.time() + remaining,
             host_client=self.host_tools,
+            device=self.device,
         )
 
     def _prepare(
-        self, request: pb.ExecuteRequest, rpc: Any = None
+        self, request: pb.ExecuteRequest, received: list[Any], rpc: Any = None
     ) -> tuple[BaseAdapter, Any, dict[str, Any]]:
         method_name = self._methods.get(request.tool)
         if method_name is None:
@@ -149,7 +200,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                 )
             )
         try:
-            args = serialization.decode(request.args.data, request.args.encoding)
+            args = self.large_data.arguments(request.args, received)
         except SerializationError as exc:
             raise _ToolFailure(_error("serialization", exc)) from None
         if args is None:
@@ -159,6 +210,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                 _error("bad_request", type="TypeError", message="arguments must be a mapping")
             )
         instance = self.adapter_cls()
+        instance.device = self.device
         instance.session_context = self._context(
             request.session_id, request.call_id, request.metadata, rpc
         )
@@ -181,12 +233,16 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
     def _tool(self, request: pb.ExecuteRequest, rpc: Any = None) -> Iterator[Callable[[], Any]]:
         """The requested tool bound to its arguments, on a fresh adapter instance that is
         initialized before it and cleaned up after it (even when it raises)."""
-        instance, method, args = self._prepare(request, rpc)
-        instance.initialize()
+        received: list[Any] = []
         try:
-            yield lambda: method(**args)
+            instance, method, args = self._prepare(request, received, rpc)
+            instance.initialize()
+            try:
+                yield lambda: method(**args)
+            finally:
+                instance.cleanup()
         finally:
-            instance.cleanup()
+            zero_copy.release(received)  # arguments mapped from a caller's memory: done
 
     # -- RPCs ----------------------------------------------------------------------------
     def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
@@ -224,7 +280,8 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                     value = run()
                     if inspect.isgenerator(value) or inspect.isasyncgen(value):
                         value = list(_iterate(value))
-                result = _payload(value)
+                    # encoded before the arguments are released: it may hold one of them
+                    result = self.large_data.result(value)
             except Exception as exc:
                 return pb.ExecuteResponse(ok=False, error=_error_info(exc))
         return pb.ExecuteResponse(
@@ -238,6 +295,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         context.add_callback(stopped.set)  # the caller went away, or the call ended
         with self._slot():
             seq = 0
+            final: pb.Payload | None = None
             try:
                 with self._tool(request, context) as run:
                     value = run()
@@ -254,9 +312,11 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                     else:  # a tool that does not stream: its result is the one chunk
                         seq += 1
                         yield pb.StreamChunk(seq=seq, data=_payload(value))
-                if stopped.is_set():
+                    if not stopped.is_set():
+                        final = self.large_data.result(value)
+                if stopped.is_set() or final is None:
                     return
-                yield pb.StreamChunk(seq=seq + 1, is_final=True, result=_payload(value))
+                yield pb.StreamChunk(seq=seq + 1, is_final=True, result=final)
             except GeneratorExit:
                 raise
             except Exception as exc:
@@ -274,6 +334,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         if fn is None:
             return pb.SessionResponse(ok=True)
         instance = self.adapter_cls()
+        instance.device = self.device
         instance.session_context = self._context(request.session_id, "", request.metadata, rpc)
         try:
             getattr(instance, hook)()

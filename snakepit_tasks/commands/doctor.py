@@ -176,6 +176,24 @@ def check_adapters(settings: Settings) -> list[Check]:
     return found
 
 
+def check_devices(settings: Settings) -> list[Check]:
+    """Whether this host has what each pool requires (``requires``, ``device``)."""
+    from .. import hardware
+
+    found = []
+    for pool in settings.pools:
+        if not (pool.requires or pool.device):
+            continue
+        needs = ", ".join([*pool.requires, *([pool.device] if pool.device else [])])
+        try:
+            hardware.check_host(pool.name, pool.requires, pool.device)
+            found.append(Check("ok", f"pool {pool.name}: this host has {needs}"))
+        except SnakepitError as exc:
+            found.append(Check("FAIL", f"pool {pool.name}: this host has {needs}", str(exc),
+                               "run the pool on a host that has it, or change requires/device"))
+    return found
+
+
 def hardware_lines() -> list[str]:
     from .. import hardware
 
@@ -202,10 +220,12 @@ def run() -> int:
         stubs = check_stubs()
         checks.extend([*check_extras(settings), *([stubs] if stubs else []),
                        *check_connections(settings), check_data_dir(settings),
-                       *check_adapters(settings)])
+                       *check_adapters(settings), *check_devices(settings)])
     for check in checks:
         print("\n".join(check.lines()), flush=True)
-    print("\nhardware (snakepit_tasks.hardware):")
+    from .. import hardware
+
+    print(f"\nhardware: {hardware.one_line()}")
     for line in hardware_lines():
         print(f"  {line}")
     failed = [c for c in checks if c.status == "FAIL"]

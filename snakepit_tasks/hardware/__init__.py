@@ -10,11 +10,13 @@ Nothing here raises because a driver, a library or a tool is missing or broken: 
 accelerator is reported absent, and ``detect().notes`` (logged at debug) says why.
 """
 
-from .inventory import capabilities, detect, identity, probe, refresh, summary
+from .assign import DEVICE_ENV, check_host, missing, worker_device
+from .inventory import capabilities, detect, identity, one_line, probe, refresh, summary
 from .model import Cpu, Gpu, Hardware, Memory, Platform
 from .selection import DEVICE_NAMES, Device, available, select, select_with_fallback
 
 __all__ = [
+    "DEVICE_ENV",
     "DEVICE_NAMES",
     "Cpu",
     "Device",
@@ -24,11 +26,16 @@ __all__ = [
     "Platform",
     "available",
     "capabilities",
+    "check_host",
     "detect",
     "identity",
+    "missing",
+    "one_line",
     "probe",
     "refresh",
     "select",
     "select_with_fallback",
     "summary",
+    "worker_device",
 ]
+

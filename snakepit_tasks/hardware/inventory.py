@@ -124,5 +124,23 @@ def summary(hardware: Hardware | None = None) -> str:
     return "\n".join(lines)
 
 
+def one_line(hardware: Hardware | None = None) -> str:
+    """One line for people: ``"Linux x86_64, 2 cores (avx avx2), 23 GiB, cuda: 2x A100"``."""
+    hw = hardware or detect()
+    simd = [f for f in ("avx", "avx2", "avx512f", "neon") if f in hw.cpu.flags]
+    parts = [f"{hw.platform.system} {hw.platform.machine}",
+             f"{hw.cpu.logical_cores} cores" + (f" ({' '.join(simd)})" if simd else ""),
+             f"{hw.memory.total_mb // 1024} GiB"]
+    for label, gpus in (("cuda", hw.cuda), ("rocm", hw.rocm)):
+        if gpus:
+            names = sorted({gpu.name for gpu in gpus})
+            parts.append(f"{label}: {len(gpus)}x {'/'.join(names)}")
+    if hw.mps:
+        parts.append("mps")
+    if not hw.gpu_count:
+        parts.append("no GPU" + (f" ({hw.notes['cuda']})" if "cuda" in hw.notes else ""))
+    return ", ".join(parts)
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())

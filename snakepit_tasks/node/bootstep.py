@@ -11,6 +11,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .. import keys, processes
+from ..errors import DeviceNotAvailable
 from . import console
 from .intake import install as install_intake
 from .node import Node
@@ -87,11 +88,11 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         if getattr(worker, "quiet", False):
             console.quiet_shutdown(worker)
         settings = worker.app.snakepit_settings
-        node = Node(settings, self.pool, worker.hostname, count=self.count)
         try:
+            node = Node(settings, self.pool, worker.hostname, count=self.count)
             node.start()
-        except WorkerStartError as exc:
-            if not exc.details.get("adapter_load"):
+        except (WorkerStartError, DeviceNotAvailable) as exc:
+            if isinstance(exc, WorkerStartError) and not exc.details.get("adapter_load"):
                 raise
             # It fails the same way every time: say it once and exit with a code the
             # supervisor does not retry (its workers are already stopped).

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery.exceptions import Ignore, Reject
 
-from .. import connections, dead_letters, keys, replies, serialization
+from .. import connections, dead_letters, hardware, keys, replies, serialization
 from .._proto import bridge_pb2 as pb
 from ..call import CLEANUP_COMMAND, Call
 from ..config import PoolConfig, Settings
@@ -23,6 +23,7 @@ from ..errors import (
     AdapterError,
     ConfigurationError,
     DeadLettered,
+    DeviceNotAvailable,
     QueueTimeout,
     SerializationError,
     SnakepitError,
@@ -32,6 +33,7 @@ from ..queues import declare_queue
 from ..resilience import HealthMonitor
 from ..streaming import entries
 from ..streaming.writer import ChunkWriter
+from ..zero_copy.host import host_id
 from . import lease
 from .claim import Claims, DuplicateCopy, Redirect
 from .fast_lane import FastLane
@@ -39,6 +41,7 @@ from .host_tools import HostToolsServer
 from .janitor import Janitor
 from .worker import AdapterWorker
 from .workerset import NodeDraining, WorkerGone, WorkerSet
+from .zero_copy import Relay
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -62,6 +65,9 @@ class Node:
         self.run_id = new_run_id()
         self.started_at = time.time()
         self.redis = connections.redis_client(settings.redis_url)
+        self.relay = Relay(settings)
+        self.capabilities: dict[str, Any] = {}
+        self._capabilities_at = 0.0
         self.workers = WorkerSet(
             settings,
             pool,
@@ -70,6 +76,7 @@ class Node:
             run_id=self.run_id,
             instance=settings.instance_name,
             on_exit=self._worker_exited,
+            relay=self.relay,
         )
         self.host_tools = HostToolsServer(
             settings, pool, self.redis, os.path.join(self.workers.run_dir, "host-tools.sock"),
@@ -97,6 +104,10 @@ class Node:
     def start(self) -> None:
         """Start the workers (ready before this returns); :meth:`publish` advertises them."""
         started = time.monotonic()
+        # A host without what the pool requires refuses it (DeviceNotAvailable) at once.
+        hardware.check_host(self.pool.name, self.pool.requires, self.pool.device)
+        self.capabilities = hardware.capabilities()
+        self._capabilities_at = time.monotonic()
         self.redis.delete(keys.busy(self.name))
         try:
             self.workers.open_run_dir()
@@ -148,6 +159,7 @@ class Node:
         self.workers.stop()
         self.fast_lane.join()
         self.host_tools.stop()
+        self.relay.stop()
         try:
             self.redis.delete(keys.busy(self.name))
         except Exception:
@@ -268,6 +280,7 @@ class Node:
             return self._cleanup_session(session_id, call.worker, deadline)
         claimed = None
         try:
+            self._check_requires(call)
             claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command))
             if claimed.new_session:
                 self._initialize_session(claimed.slot, session_id)
@@ -475,8 +488,29 @@ class Node:
             "capacity": self.workers.capacity,
             "adapter": self.pool.adapter,
             "profile": self.pool.worker_profile,
+            "host_id": host_id(),
+            "capabilities": json.dumps(self._host_capabilities()),
+            "device": self.pool.device,
         }
         return fields, self.workers.snapshot()
+
+    def _host_capabilities(self) -> dict[str, Any]:
+        """This host's capabilities; free GPU memory re-read every CAPABILITIES_REFRESH_S."""
+        if self.capabilities.get("gpu_count") and (
+                time.monotonic() - self._capabilities_at > CAPABILITIES_REFRESH_S):
+            self._capabilities_at = time.monotonic()
+            try:
+                self.capabilities = hardware.capabilities(hardware.refresh())
+            except Exception:
+                log.debug("could not refresh hardware capabilities", exc_info=True)
+        return self.capabilities
+
+    def _check_requires(self, call: Call) -> None:
+        """DeviceNotAvailable when this host lacks a capability the call asks for (routing
+        sends such calls only to nodes that have it; a re-routed copy may still land here)."""
+        lacking = hardware.missing(call.requires, self.capabilities)
+        if lacking:
+            raise hardware_error(self.name, call, lacking)
 
     def _taint(self, worker: AdapterWorker, how: str = "crashed") -> None:
         """Crash barrier: routing avoids ``worker`` for crash_barrier_taint_duration_ms."""
@@ -502,6 +536,18 @@ class Node:
             self.lease.publish()
         except Exception:
             log.debug("could not publish lease", exc_info=True)
+
+
+CAPABILITIES_REFRESH_S = 30.0
+
+
+def hardware_error(node: str, call: Call, lacking: list[str]) -> SnakepitError:
+    """The error for a call that reached a node whose host lacks ``lacking``."""
+    return DeviceNotAvailable(
+        f"call {call.command!r} requires {', '.join(lacking)}, which the host of node "
+        f"{node} lacks",
+        {"requires": list(call.requires), "missing": lacking, "node": node},
+    )
 
 
 def _message_preview(args: Any, kwargs: Any) -> str:

@@ -49,9 +49,11 @@ class WorkerCalls:
         mark_dead: Callable[[AdapterWorker, int], None],
         stopping: Callable[[], bool],
         max_result_bytes: int = 64 * 1024 * 1024,
+        relay: Callable[[Any], Any] | None = None,
     ) -> None:
         self.stream_max_chunk_bytes = stream_max_chunk_bytes
         self.max_result_bytes = max_result_bytes
+        self.relay = relay  # rewrites zero-copy handles in results (see node/zero_copy.py)
         self._mark_dead = mark_dead
         self._stopping = stopping
 
@@ -83,7 +85,10 @@ class WorkerCalls:
                 "or raise the limit",
                 {"size": size, "limit": self.max_result_bytes},
             )
-        return serialization.decode(payload.data, payload.encoding)
+        value = serialization.decode(payload.data, payload.encoding)
+        if payload.encoding == serialization.ZERO_COPY and self.relay is not None:
+            return self.relay(value)
+        return value
 
     def stream(
         self,
@@ -237,10 +242,13 @@ def error_from_info(info: pb.ErrorInfo, worker_id: str) -> SnakepitError:
 
 
 def _request(command: str, args: Any, call_id: str, session_id: str) -> pb.ExecuteRequest:
+    data = serialization.encode_args(args)
+    encoding = serialization.ZERO_COPY if serialization.has_stand_ins(data) else (
+        serialization.JSON)
     return pb.ExecuteRequest(
         call_id=call_id,
         tool=command,
-        args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
+        args=pb.Payload(data=data, encoding=encoding),
         session_id=session_id,
     )
 

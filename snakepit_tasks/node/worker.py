@@ -260,6 +260,22 @@ class AdapterWorker:
         }
 
 
+#: Settings a runtime applies itself, passed in its environment (it reads no config file
+#: the node was not started with, and a node may have been configured in code).
+RUNTIME_SETTINGS = (
+    "zero_copy_threshold_bytes",
+    "zero_copy_ttl_ms",
+    "zero_copy_transport",
+    "zero_copy_flight_host",
+    "zero_copy_arena_idle_ms",
+)
+
+
+def settings_env(settings: Any) -> dict[str, str]:
+    """``SNAKEPIT_*`` variables for the settings a runtime applies itself."""
+    return {f"SNAKEPIT_{name.upper()}": str(getattr(settings, name)) for name in RUNTIME_SETTINGS}
+
+
 def worker_env(base: dict[str, str], profile: str, extra: dict[str, str]) -> dict[str, str]:
     """The environment a runtime starts with: the node's, thread caps, then pool extras."""
     env = dict(base)

@@ -17,13 +17,14 @@ from typing import Any
 import grpc
 
 from ..config import PoolConfig, Settings
+from ..hardware import worker_device
 from . import run_dirs
 from .heartbeat import Heartbeats
 from .registry import ProcessRegistry
 from .restarts import RestartLimit
 from .rpc import WorkerCalls, WorkerGone
 from .slots import NodeDraining, Slots
-from .worker import AdapterWorker, WorkerStartError, worker_env
+from .worker import AdapterWorker, WorkerStartError, settings_env, worker_env
 
 __all__ = ["NodeDraining", "WorkerGone", "WorkerSet"]
 
@@ -43,11 +44,15 @@ class WorkerSet:
         run_id: str = "",
         instance: str = "",
         on_exit: Callable[[AdapterWorker, str], None] | None = None,
+        relay: Callable[[Any], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.node_name = node_name
         self.run_id = run_id
+        count = count if count is not None else pool.pool_size
+        # Each worker's device (DeviceNotAvailable for a device this host lacks).
+        devices = [worker_device(pool.device, i)[1] for i in range(count)]
         self.registry = ProcessRegistry(
             settings.data_dir or None, settings.instance_name, settings.instance_token
         )
@@ -58,7 +63,8 @@ class WorkerSet:
         self.run_dir = str(self._run_path)
         n_workers = count if count is not None else pool.pool_size
         run_dirs.check_socket_room(self._run_path, f"w{max(0, n_workers - 1)}.sock")
-        env = worker_env(dict(os.environ), pool.worker_profile, pool.adapter_env)
+        env = worker_env(dict(os.environ), pool.worker_profile,
+                         {**settings_env(settings), **pool.adapter_env})
         self.workers = [
             AdapterWorker(
                 worker_id=f"{node_name}/{i}",
@@ -68,7 +74,7 @@ class WorkerSet:
                 run_dir=self.run_dir,
                 run_id=run_id,
                 instance=instance,
-                env=env,
+                env={**env, **devices[i]},
             )
             for i in range(n_workers)
         ]
@@ -82,7 +88,7 @@ class WorkerSet:
         )
         self._calls = WorkerCalls(
             settings.stream_max_chunk_bytes, self._slots.mark_dead, lambda: self._stopping,
-            max_result_bytes=settings.max_result_bytes,
+            max_result_bytes=settings.max_result_bytes, relay=relay,
         )
         self._heartbeats = Heartbeats(settings, self.workers, self._after_beat)
         self._limit = RestartLimit(

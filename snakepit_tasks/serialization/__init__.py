@@ -11,10 +11,16 @@ int, float, bool or None, or nesting deeper than about 1,000 levels fail a resul
 Bytes, bytearray and memoryview travel as ``{"__snakepit_bytes__": "<base64>"}`` (a reserved
 key) and :func:`decode` gives them back as ``bytes``. orjson is used when installed, with
 the same results as the standard library (see :mod:`.codec`).
+
+Large data (Arrow tables, arrays) is the business of :mod:`snakepit_tasks.zero_copy`: the
+encoders take its ``export`` hook (a value -> a JSON stand-in, or None), and a payload whose
+stand-ins include a handle is marked with the encoding :data:`ZERO_COPY`; :func:`decode`
+takes its ``resolve`` hook to turn stand-ins back into values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SerializationError
@@ -25,10 +31,18 @@ from .markers import is_unserializable, unserializable_info
 from .redact import redact
 
 JSON = "json"
+#: JSON holding zero-copy handles (``{"__snakepit_zero_copy__": ...}``).
+ZERO_COPY = "json+zero-copy"
+ENCODINGS = ("", JSON, ZERO_COPY)
+_STAND_IN_KEYS = (b'"__snakepit_zero_copy__"', b'"__snakepit_arrow__"')
+
+#: ``export(value)``: a JSON stand-in for large data, or None for any other value.
+Export = Callable[[Any], Any]
 
 __all__ = [
     "BYTES_TAG",
     "JSON",
+    "ZERO_COPY",
     "TOLIST_MAX_ELEMENTS",
     "check_args",
     "decode",
@@ -44,10 +58,21 @@ _ARGS_HINT = (
 )
 
 
-def encode_args(args: Any) -> bytes:
+def _with_export(default: codec.Default, export: Export | None) -> codec.Default:
+    if export is None:
+        return default
+
+    def exporting(value: Any) -> Any:
+        stand_in = export(value)
+        return default(value) if stand_in is None else stand_in
+
+    return exporting
+
+
+def encode_args(args: Any, export: Export | None = None) -> bytes:
     """Strictly JSON-encode call arguments; unencodable input raises SerializationError."""
     try:
-        return codec.dumps(args, argument_default, strict=True)
+        return codec.dumps(args, _with_export(argument_default, export), strict=True)
     except RecursionError:
         raise SerializationError(
             f"arguments are not JSON-encodable: they are nested too deeply; {_ARGS_HINT}",
@@ -76,10 +101,10 @@ def check_args(args: Any) -> None:
     encode_args(args)
 
 
-def encode_result(value: Any) -> bytes:
+def encode_result(value: Any, export: Export | None = None) -> bytes:
     """Encode a tool's result; values JSON cannot hold become readable markers, never errors."""
     try:
-        return codec.dumps(value, result_default, strict=False)
+        return codec.dumps(value, _with_export(result_default, export), strict=False)
     except RecursionError:
         raise SerializationError(
             "result could not be encoded: it is nested too deeply (about 1,000 levels at most)",
@@ -92,14 +117,23 @@ def encode_result(value: Any) -> bytes:
         ) from None
 
 
-def decode(data: bytes, encoding: str = JSON) -> Any:
-    """Decode a payload produced by :func:`encode_args` or :func:`encode_result`."""
-    if encoding not in ("", JSON):
+def has_stand_ins(data: bytes) -> bool:
+    """Whether a payload may hold zero-copy stand-ins (handles or inline Arrow values)."""
+    return any(key in data for key in _STAND_IN_KEYS)
+
+
+def decode(
+    data: bytes, encoding: str = JSON, resolve: Callable[[Any], Any] | None = None
+) -> Any:
+    """Decode a payload produced by :func:`encode_args` or :func:`encode_result`; with
+    ``resolve``, zero-copy stand-ins in it become values (without, they stay JSON objects)."""
+    if encoding not in ENCODINGS:
         raise SerializationError(f"unknown payload encoding {encoding!r}")
     if not data:
         return None
     try:
-        return codec.loads(data)
+        value = codec.loads(data)
+        return resolve(value) if resolve is not None and has_stand_ins(data) else value
     except RecursionError:
         raise SerializationError(
             "payload could not be decoded: it is nested too deeply (about 1,000 levels at most)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from celery import Celery
@@ -191,6 +191,7 @@ def stream(
     session_id: str | None = None,
     affinity: str | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> Stream:
     """Start a streaming call; iterate the returned :class:`Stream` for its chunks."""
     the_app = _app(app)
@@ -199,7 +200,7 @@ def stream(
     result = send(
         the_app, command, args,
         pool=pool, timeout=timeout, deadline=deadline, stream=True, session_id=session_id,
-        affinity=affinity,
+        affinity=affinity, requires=requires,
     )
     return Stream(result.id, the_app, deadline, async_result=result, pool=pool)
 
@@ -214,6 +215,7 @@ def execute_stream(
     session_id: str | None = None,
     affinity: str | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> Any:
     """Call ``callback(chunk)`` for each chunk in order; return the final result.
 
@@ -225,7 +227,7 @@ def execute_stream(
     def run() -> Any:
         call = stream(
             command, args, pool=pool, timeout=timeout, session_id=session_id,
-            affinity=affinity, app=the_app,
+            affinity=affinity, app=the_app, requires=requires,
         )
         for chunk in call:
             try:
@@ -251,11 +253,12 @@ def execute_in_session_stream(
     timeout: float | None = None,
     affinity: str | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> Any:
     """:func:`execute_stream` on the worker that holds session ``session_id``."""
     return execute_stream(
         command, args, callback, pool=pool, timeout=timeout, session_id=session_id,
-        affinity=affinity, app=app,
+        affinity=affinity, app=app, requires=requires,
     )
 
 
@@ -268,11 +271,12 @@ def stream_in_session(
     timeout: float | None = None,
     affinity: str | None = None,
     app: Celery | None = None,
+    requires: Sequence[str] | None = None,
 ) -> Stream:
     """:func:`stream` on the worker that holds session ``session_id``."""
     return stream(
         command, args, pool=pool, timeout=timeout, session_id=session_id, affinity=affinity,
-        app=app,
+        app=app, requires=requires,
     )
 
 

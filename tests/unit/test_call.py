@@ -34,7 +34,7 @@ def test_round_trip_through_task_kwargs() -> None:
 
 def test_positional_order_follows_fields() -> None:
     values: list[Any] = ["ping", {}, "p", 1.0, time.time() + 5, "s", True, "hint", True, "p@h/0",
-                         False, time.time()]
+                         False, time.time(), ("cuda",)]
     assert len(values) == len(FIELDS)
     call = Call.parse(tuple(values), {})
     assert [getattr(call, f) for f in FIELDS] == values
@@ -131,3 +131,16 @@ def test_timeout_seconds() -> None:
     for bad in ("10", 0, -1, math.nan, True, [1]):
         with pytest.raises(SerializationError, match="timeout must be"):
             timeout_seconds(bad, 1500)
+
+
+def test_requires_is_a_list_of_known_capabilities() -> None:
+    call = Call.parse((), {"command": "ping", "requires": ["cuda", "avx2"]})
+    assert call.requires == ("cuda", "avx2")
+    assert Call.parse((), call.to_kwargs()) == call
+    assert Call.parse((), {"command": "ping", "requires": None}).requires == ()
+    with pytest.raises(ConfigurationError, match="unknown capability 'gpu'.*cuda"):
+        Call.parse((), {"command": "ping", "requires": ["gpu"]})
+    with pytest.raises(SerializationError, match="list of capability names"):
+        Call.parse((), {"command": "ping", "requires": "cuda"})
+    with pytest.raises(ConfigurationError, match="unknown capability"):
+        Call.parse((), {"command": "ping", "requires": [{"x": 1}]})

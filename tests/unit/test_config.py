@@ -491,3 +491,17 @@ def test_every_setting_is_read_somewhere() -> None:
         if f.name not in sources and f.name not in read_by_config
     ]
     assert not unread, f"settings nothing reads: {unread}"
+
+
+def test_pool_requires_and_device_are_checked() -> None:
+    settings = load_settings(pools=[{"name": "g", "requires": ["cuda", "avx2"],
+                                     "device": "auto"}])
+    assert settings.pool("g").requires == ("cuda", "avx2")
+    assert settings.zero_copy_threshold_bytes == 1024 * 1024
+    assert settings.zero_copy_ttl_ms == 300_000 and settings.zero_copy_transport == "auto"
+    with pytest.raises(ConfigurationError, match="unknown capabilities 'gpu'"):
+        load_settings(pools=[{"name": "g", "requires": ["gpu"]}])
+    for device in ("tpu", "cpu:1", "cuda:x", "mps:0"):
+        with pytest.raises(ConfigurationError, match="device must be"):
+            load_settings(pools=[{"name": "g", "device": device}])
+    assert load_settings(pools=[{"name": "g", "device": "cuda:1"}]).pool("g").device == "cuda:1"

@@ -446,3 +446,24 @@ def test_cli_hardware_summary() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("platform:") and "cpu:" in done.stdout
+
+
+def test_worker_devices_and_host_checks() -> None:
+    two = fake_hardware(cuda=2)
+    assert hardware.worker_device("", 0, two) == ("cpu", {})
+    assert hardware.worker_device("auto", 0, two) == (
+        "cuda:0", {"SNAKEPIT_DEVICE": "cuda:0", "CUDA_VISIBLE_DEVICES": "0"})
+    assert hardware.worker_device("auto", 3, two)[1]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert hardware.worker_device("cuda:1", 0, two) == ("cuda:1", {"SNAKEPIT_DEVICE": "cuda:1"})
+    assert hardware.worker_device("auto", 1, fake_hardware(rocm_gpus=2))[1][
+        "HIP_VISIBLE_DEVICES"] == "1"
+    assert hardware.worker_device("auto", 0, fake_hardware(has_mps=True))[0] == "mps"
+    assert hardware.worker_device("auto", 0, fake_hardware())[0] == "cpu"
+    with pytest.raises(DeviceNotAvailable, match="cuda:2"):
+        hardware.worker_device("cuda:2", 0, two)
+    hardware.check_host("p", ["cuda", "avx2"], "auto", two)
+    with pytest.raises(DeviceNotAvailable, match="pool 'p' requires cuda, which this host"):
+        hardware.check_host("p", ["cuda", "avx"], "", fake_hardware())
+    assert hardware.missing(["cuda", "avx"], {"cuda": False, "avx": True}) == ["cuda"]
+    assert "no GPU" in hardware.one_line(fake_hardware())
+    assert "cuda: 2x A100" in hardware.one_line(two)

@@ -319,3 +319,50 @@ def test_session_node_queue_full(settings: Settings, r: fakeredis.FakeRedis) -> 
     r.rpush(keys.node_queue(NODE), *[b"m"] * settings.pool_max_queue_size)
     with pytest.raises(QueueFull):
         route(settings, affinity="strict_queue")
+
+
+# -- prepare: capabilities -----------------------------------------------------------------
+
+
+def lease(r: fakeredis.FakeRedis, pool: str, node: str, **caps: bool) -> None:
+    make_alive(r, pool, node)
+    r.sadd(keys.pool_nodes(pool), node)
+    r.hset(keys.node_lease(node), mapping={"pool": pool, "capabilities": json.dumps(
+        {"cpu": True, "cuda": False, "avx": True, **caps})})
+
+
+def test_a_call_that_requires_a_capability_nobody_has_fails_at_once(
+    settings: Settings, r: fakeredis.FakeRedis
+) -> None:
+    from snakepit_tasks.errors import DeviceNotAvailable
+
+    lease(r, "a", "a@h1")
+    with pytest.raises(DeviceNotAvailable, match="no live node of pool 'a' has cuda") as info:
+        routing.prepare(settings, ("ping", {}), {"requires": ["cuda"]})
+    assert info.value.details["requires"] == ["cuda"]
+    assert routing.prepare(settings, ("ping", {}), {"requires": ["avx"]}).queue.name == (
+        keys.pool_queue("a")), "every node has it: the pool queue"
+
+
+def test_a_call_goes_to_a_node_that_has_what_it_requires(
+    settings: Settings, r: fakeredis.FakeRedis
+) -> None:
+    lease(r, "a", "a@cpu")
+    lease(r, "a", "a@gpu", cuda=True)
+    for _ in range(5):
+        route = routing.prepare(settings, ("ping", {}), {"requires": ["cuda"]})
+        assert route.queue.name == keys.node_queue("a@gpu")
+        assert route.call.requires == ("cuda",)
+
+
+def test_a_pools_requirement_applies_to_its_calls(r: fakeredis.FakeRedis) -> None:
+    from snakepit_tasks.errors import DeviceNotAvailable
+
+    settings = load_settings(redis_url="redis://unit-test/0",
+                             pools=[{"name": "g", "requires": ["cuda"]}])
+    lease(r, "g", "g@cpu")
+    with pytest.raises(DeviceNotAvailable, match="has cuda"):
+        routing.prepare(settings, ("ping", {}), {"pool": "g"})
+    r.delete(keys.pool_alive("g"))
+    with pytest.raises(NoWorkersAvailable, match="it requires cuda"):
+        routing.prepare(settings, ("ping", {}), {"pool": "g"})
