@@ -79,7 +79,7 @@ class Node:
             relay=self.relay,
         )
         self.host_tools = HostToolsServer(
-            settings, pool, self.redis, os.path.join(self.workers.run_dir, "host-tools.sock"),
+            settings, pool, self.redis, os.path.join(self.workers.run_dir, "h.sock"),
             capacity=self.workers.capacity,
         )
         for w in self.workers.workers:
