@@ -19,6 +19,7 @@ _EXPORTS = {
     "sessions": "snakepit_tasks.sessions",
     "serialization": "snakepit_tasks.serialization",
     "hardware": "snakepit_tasks.hardware",
+    "telemetry": "snakepit_tasks.telemetry",
     "SnakepitError": "snakepit_tasks.errors",
     "PoolConfig": "snakepit_tasks.config",
     "Settings": "snakepit_tasks.config",
@@ -85,6 +86,7 @@ __all__ = [
     "stream",
     "stream_in_session",
     "stream_result",
+    "telemetry",
     "wait",
 ]
 
@@ -104,7 +106,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from . import errors, hardware, serialization, sessions
+    from . import errors, hardware, serialization, sessions, telemetry
     from .app import configure, create_app, default_app
     from .caller import (
         await_ready,

@@ -6,13 +6,14 @@ node's business (``app.snakepit_node``), so a caller never loads node code.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Task
 from celery.result import AsyncResult
 from kombu.exceptions import EncodeError
 
-from . import routing
+from . import routing, telemetry
 from .call import TASK_NAME
 from .connections import redis_errors_as_snakepit
 from .errors import ConfigurationError, SerializationError, SnakepitError
@@ -44,6 +45,11 @@ class ExecuteTask(Task):
             route = routing.prepare(self.app.snakepit_settings, args, kwargs)
             options.setdefault("queue", route.queue)
             try:
-                return super().apply_async((), route.call.to_kwargs(), **options)
+                sent = super().apply_async((), route.call.to_kwargs(), **options)
             except EncodeError as exc:
                 raise SerializationError(f"the call could not be encoded: {exc}") from None
+        call = route.call
+        telemetry.emit(("snakepit", "call", "sent"), {"system_time": time.time_ns()}, {
+            "call_id": sent.id, "tool": call.command, "pool": call.pool, "queue": route.queue.name,
+            "session_id": call.session_id, "stream": call.stream})
+        return sent

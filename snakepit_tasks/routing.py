@@ -8,7 +8,7 @@ from typing import Any
 
 from kombu import Queue
 
-from . import connections, keys, kombu_redis, pool_state, serialization, session_store
+from . import connections, keys, kombu_redis, pool_state, serialization, session_store, telemetry
 from .call import Call
 from .config import AFFINITY_MODES, Settings
 from .errors import (
@@ -91,6 +91,9 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
                 waiting = kombu_redis.queue_length(r, queue_name)
     if waiting >= settings.pool_max_queue_size:
         pool_state.count(r, pool, pool_saturated=1)
+        telemetry.emit(("snakepit", "pool", "saturated"),
+                       {"queued": waiting, "max_queue_size": settings.pool_max_queue_size},
+                       {"pool": pool, "queue": queue_name})
         raise QueueFull(
             f"{waiting} calls already wait in {queue_name} (pool_max_queue_size is "
             f"{settings.pool_max_queue_size}); retry later or add workers",
@@ -138,6 +141,8 @@ def _session_route(
                 details,
             )
         session_store.unbind(r, session_id)  # the next worker to run it binds it
+        telemetry.emit(("snakepit", "session", "rebound"), {}, {
+            "session_id": session_id, "pool": pool, "worker_id": worker, "reason": why})
         return call, keys.pool_queue(pool)
     if busy and mode == "strict_fail_fast":
         raise WorkerBusy(

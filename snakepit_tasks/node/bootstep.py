@@ -11,6 +11,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .. import keys, processes
+from ..telemetry import logs
 from .intake import install as install_intake
 from .node import Node
 from .worker import WorkerStartError
@@ -39,6 +40,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
 
         app = worker.app
         settings = app.snakepit_settings
+        logs.configure(settings.log_level, settings.log_categories, handler=True)
         if settings.broker.startswith(("redis://", "rediss://", "unix://")):
             install(settings.broker)
         name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from .. import serialization
+from .. import serialization, telemetry
 from .._proto import bridge_pb2 as pb
 from ..errors import (
     AdapterError,
@@ -22,9 +22,11 @@ from ..errors import (
     WorkerCrashed,
     from_wire,
 )
+from ..telemetry import tracing
+from .adapter_events import reemit
 from .worker import AdapterWorker
 
-log = logging.getLogger("snakepit_tasks.node")
+log = logging.getLogger("snakepit_tasks.grpc")
 
 # gRPC details when the call never reached the runtime (its socket was gone).
 _NOT_SENT_MARKERS = ("failed to connect", "connection refused", "no such file")
@@ -67,7 +69,10 @@ class WorkerCalls:
     ) -> Any:
         """Run ``command`` on ``worker`` before ``deadline``; its result."""
         request = _request(command, args, call_id, session_id)
-        generation, response = self._send(worker, "Execute", request, deadline)
+        with _client_span(worker, "Execute", request):
+            generation, response = self._send(worker, "Execute", request, deadline)
+        if response.events or response.events_dropped:
+            reemit(worker, response)
         if response.ok:
             return self._result(command, response.result)
         raise error_from_info(response.error, worker.worker_id)
@@ -98,6 +103,20 @@ class WorkerCalls:
         """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
         final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
         request = _request(command, args, call_id, session_id)
+        with _client_span(worker, "ExecuteStream", request):
+            return self._stream(worker, request, deadline, on_chunk, cancelled)
+
+    def _stream(
+        self,
+        worker: AdapterWorker,
+        request: pb.ExecuteRequest,
+        deadline: float,
+        on_chunk: Callable[[int, bytes], None],
+        cancelled: threading.Event,
+    ) -> Any:
+        command = request.tool
+        labels = {"call_id": request.call_id, "tool": command, "pool": worker.pool,
+                  "node": worker.node, "worker_id": worker.worker_id}
         generation, rpc = self._send(worker, "ExecuteStream", request, deadline)
         threading.Thread(
             target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True
@@ -106,6 +125,8 @@ class WorkerCalls:
         count = 0
         try:
             for message in rpc:
+                if message.events or message.events_dropped:
+                    reemit(worker, message)
                 if message.is_final:
                     if message.HasField("error") and message.error.kind:
                         raise error_from_info(message.error, worker.worker_id)
@@ -120,13 +141,15 @@ class WorkerCalls:
                         {"seq": message.seq, "size": size, "limit": limit},
                     )
                 count += 1
+                telemetry.emit(("snakepit", "stream", "chunk"),
+                               {"seq": message.seq, "bytes": size}, labels)
                 on_chunk(message.seq, message.data.data)
         except grpc.RpcError as exc:
             if cancelled.is_set():
-                return {"halted": True, "chunks": count}
+                return _halted(count, labels)
             raise self._failure(worker, generation, command, exc) from None
         if cancelled.is_set():
-            return {"halted": True, "chunks": count}
+            return _halted(count, labels)
         raise WorkerCrashed(
             f"stream of {command!r} on {worker.worker_id} ended without a final message",
             {"worker_id": worker.worker_id},
@@ -147,7 +170,8 @@ class WorkerCalls:
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id)
         try:
-            return generation, getattr(stub, method)(request, timeout=remaining)
+            call = getattr(stub, method)
+            return generation, call(request, timeout=remaining, metadata=tracing.grpc_metadata())
         except ValueError:  # its channel was closed: the worker is being replaced
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id) from None
@@ -225,6 +249,20 @@ def _request(command: str, args: Any, call_id: str, session_id: str) -> pb.Execu
         args=pb.Payload(data=serialization.encode_args(args), encoding=serialization.JSON),
         session_id=session_id,
     )
+
+
+def _client_span(worker: AdapterWorker, rpc: str, request: pb.ExecuteRequest) -> Any:
+    """The gRPC hop's client span (its context travels in the call's metadata)."""
+    return tracing.span(f"snakepit.grpc {rpc}", {
+        "rpc.system": "grpc", "rpc.method": rpc, "snakepit.tool": request.tool,
+        "snakepit.worker_id": worker.worker_id, "snakepit.call_id": request.call_id,
+    }, kind="client")
+
+
+def _halted(count: int, labels: dict[str, Any]) -> dict[str, Any]:
+    """What a stream its caller stopped returns."""
+    telemetry.emit(("snakepit", "stream", "halted"), {"chunks": count}, labels)
+    return {"halted": True, "chunks": count}
 
 
 def _has_exited(pid: int) -> bool:
