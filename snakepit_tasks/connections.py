@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import redis
 
 from .errors import RedisUnavailable
+from .serialization.redact import redact
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
@@ -40,9 +41,9 @@ def redis_errors_as_snakepit(doing: str) -> Iterator[None]:
         yield
     except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
         raise RedisUnavailable(
-            f"Redis could not be reached while {doing}: {exc}; check that it is running "
-            "(the call may or may not have been sent)",
-            {"error": str(exc)},
+            redact(f"Redis could not be reached while {doing}: {exc}; check that it is "
+                   "running (the call may or may not have been sent)"),
+            {"error": redact(str(exc))},
         ) from None
 
 

@@ -199,7 +199,7 @@ def check_adapter_name(name: object) -> str:
     if (
         len(name) > MAX_NAME_LENGTH
         or name.count(".") >= MAX_NAME_PARTS
-        or not ADAPTER_NAME_RE.match(name)
+        or not ADAPTER_NAME_RE.fullmatch(name)
     ):
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise TelemetryError(

@@ -69,7 +69,7 @@ def level_for(log_level: str, log_categories: Iterable[str], category: str) -> i
     """The level of ``category``'s loggers under these settings."""
     chosen = tuple(log_categories)
     if chosen and category not in chosen:
-        return min(LOG_LEVELS[log_level], LOG_LEVELS["error"])
+        return max(LOG_LEVELS[log_level], LOG_LEVELS["error"])
     return LOG_LEVELS[log_level]
 
 
