@@ -209,3 +209,45 @@ def test_caller_side_circuit_and_retry_events(
     retries = [(e[-1], dict(m)) for e, m, md in caller_events if e[1] == "retry"]
     assert retries == [("attempt", {"attempt": 1, "delay_ms": 1.0}),
                        ("exhausted", {"attempts": 2})]
+
+
+def test_heartbeat_session_and_saturation_events(
+    node: Any, tmp_path: Path, make_app: Any, caller_events: list[Any]
+) -> None:
+    path = tmp_path / "events.jsonl"
+    n = node(adapter=ADAPTER, adapter_env=PATH, env={
+        **PATH, "ITEST_EVENTS_FILE": str(path),
+        "SNAKEPIT_TELEMETRY_HANDLERS": "itest_observability:record_events",
+        "SNAKEPIT_HEARTBEAT_PING_INTERVAL_MS": "200", "SNAKEPIT_HEARTBEAT_TIMEOUT_MS": "300",
+        "SNAKEPIT_HEARTBEAT_MAX_MISSED": "2",
+        "SNAKEPIT_SESSION_DEFAULT_TTL": "1", "SNAKEPIT_SESSION_CLEANUP_INTERVAL": "200",
+        "SNAKEPIT_SESSION_MAX_SESSIONS": "2", "SNAKEPIT_SESSION_WARNING_THRESHOLD": "0.5",
+    })
+    n.events_path = path
+    app = make_app(n, session_default_ttl=1)
+    sp.execute_in_session("s-quota", "measured", app=app)
+    [warning] = wait_for(n, "snakepit", "session", "quota_warning")
+    assert warning["measurements"] == {"count": 1, "limit": 2}
+    assert warning["metadata"] == {"pool": n.pool, "threshold": 0.5}
+    [expired] = wait_for(n, "snakepit", "session", "expired")
+    assert expired["measurements"]["count"] == 1
+    # a hung worker: missed pings, then killed
+    pid = n.worker_pids()[0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        failures = wait_for(n, "snakepit", "heartbeat", "failure", count=2, pid=pid)
+        assert [f["measurements"]["missed"] for f in failures[:2]] == [1, 2]
+        wait_for(n, "snakepit", "heartbeat", "timeout", pid=pid)
+        wait_for(n, "snakepit", "worker", "crash", pid=pid)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    # a full queue, refused in this process
+    full = make_app(n, pool_max_queue_size=0)
+    with pytest.raises(errors.QueueFull):
+        sp.execute("measured", app=full)
+    saturated = [(m, md) for e, m, md in caller_events if e == ("snakepit", "pool", "saturated")]
+    assert saturated == [({"queued": 0, "max_queue_size": 0},
+                          {"pool": n.pool, "queue": f"snakepit.pool.{n.pool}"})]
