@@ -11,7 +11,7 @@ from ..bridge import logs as runtime_logs
 
 log = logging.getLogger("snakepit_tasks.adapter")
 
-#: Longer lines are cut (a runaway print must not grow the node's memory).
+#: Longer lines are split into pieces of this size (a runaway print never grows memory).
 MAX_LINE = 16 * 1024
 
 
