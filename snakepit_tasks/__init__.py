@@ -25,6 +25,7 @@ _EXPORTS = {
     "register_host_tool": "snakepit_tasks.host_tools.api",
     "unregister_host_tool": "snakepit_tasks.host_tools.api",
     "zero_copy": "snakepit_tasks.zero_copy",
+    "telemetry": "snakepit_tasks.telemetry",
     "SnakepitError": "snakepit_tasks.errors",
     "PoolConfig": "snakepit_tasks.config",
     "Settings": "snakepit_tasks.config",
@@ -96,6 +97,7 @@ __all__ = [
     "stream_in_session",
     "stream_result",
     "unregister_host_tool",
+    "telemetry",
     "wait",
     "zero_copy",
 ]
@@ -116,7 +118,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from . import errors, hardware, serialization, sessions, zero_copy
+    from . import errors, hardware, serialization, sessions, telemetry, zero_copy
     from .app import configure, create_app, default_app
     from .caller import (
         await_ready,

@@ -12,6 +12,7 @@ from . import beat, keys
 from .config import Settings, load_settings
 from .execute_task import EXECUTE, ExecuteTask
 from .queues import EXCHANGE, declare_queue
+from .telemetry import logs, tracing
 
 __all__ = ["EXCHANGE", "configure", "create_app", "declare_queue", "default_app"]
 
@@ -22,6 +23,10 @@ NODE_STEP = "snakepit_tasks.node.bootstep:SnakepitNodeStep"
 def create_app(settings: Settings | None = None, *, main: str = "snakepit_tasks") -> Celery:
     """A Celery app wired for snakepit: safe delivery defaults, the execute task, the node step."""
     settings = settings or load_settings()
+    logs.configure(settings.log_level, settings.log_categories)
+    if settings.otel_enabled:
+        tracing.enable()
+        tracing.instrument_celery()
     app = Celery(main, broker=settings.broker, backend=settings.backend, set_as_current=True)
     is_redis_broker = settings.broker.startswith(("redis://", "rediss://", "unix://"))
     app.conf.update(

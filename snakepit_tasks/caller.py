@@ -19,12 +19,14 @@ from . import (
     lua,
     pool_state,
     replies,
+    telemetry,
     zero_copy,
 )
 from .app import default_app
 from .call import TASK_NAME, timeout_seconds
 from .errors import ConfigurationError, ExecutionTimeout, QueueTimeout
 from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, breaker_for
+from .telemetry import tracing
 
 # Seconds a caller waits past a call's deadline for the node's own verdict.
 RESULT_GRACE_SECONDS = 5.0
@@ -53,7 +55,9 @@ def send(app: Celery, command: str, args: dict[str, Any] | None, **kwargs: Any) 
     guard = breaker(app, kwargs.get("pool"), command)
     if guard is not None:
         guard.check()
-    return app.tasks[TASK_NAME].apply_async((command, args), kwargs)
+    with tracing.span(f"snakepit.send {command}", {"snakepit.pool": kwargs.get("pool")},
+                      kind="client"):
+        return app.tasks[TASK_NAME].apply_async((command, args), kwargs)
 
 
 def execute(
@@ -175,7 +179,21 @@ def _run_and_wait(
             )
 
     policy = retry_policy(app, retry)
-    return policy.run(once) if policy is not None else once()
+    began, failure = time.perf_counter_ns(), None
+    try:
+        with tracing.span(f"snakepit.execute {command}", {"snakepit.pool": options.get("pool")},
+                          kind="client"):
+            return policy.run(once) if policy is not None else once()
+    except Exception as exc:
+        failure = exc
+        raise
+    finally:
+        telemetry.emit(("snakepit", "call", "returned"),
+                       {"duration_us": (time.perf_counter_ns() - began) // 1000},
+                       {"tool": command,
+                        "pool": options.get("pool") or app.snakepit_settings.default_pool_name,
+                        "success": failure is None,
+                        "error": type(failure).__name__ if failure else None})
 
 
 def retry_policy(app: Celery, retry: RetryPolicy | bool | None) -> RetryPolicy | None:
@@ -213,6 +231,10 @@ def _send_and_wait(
         if body is not None:
             return replies.outcome(body, settings)
         if give_up(app, call_id, options.get("pool") or settings.default_pool_name):
+            telemetry.emit(("snakepit", "call", "queue_timeout"),
+                           {"timeout_ms": settings.pool_queue_timeout},
+                           {"call_id": call_id, "tool": command,
+                            "pool": options.get("pool") or settings.default_pool_name})
             raise QueueTimeout(
                 f"no worker took call {command!r} within pool_queue_timeout "
                 f"({settings.pool_queue_timeout} ms); it will not run",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
+from .telemetry.logs import CATEGORIES, LOG_LEVELS
 
 WORKER_PROFILES = ("process", "thread")
 ZERO_COPY_TRANSPORTS = ("auto", "shm", "flight")
@@ -155,6 +156,17 @@ class Settings:
     host_tool_timeout_ms: int = 30_000
     # Celery events for Flower
     task_events: bool = False
+    # Observability (README "Observability"): logging (silent by default: errors only),
+    # telemetry handlers run in each node ("module:function" hooks that call
+    # snakepit_tasks.telemetry.attach), OpenTelemetry (extra `otel`), Prometheus (extra
+    # `metrics`: each node serves /metrics on metrics_host:metrics_port; 0 = off)
+    log_level: str = "error"
+    log_categories: tuple[str, ...] = ()
+    telemetry_handlers: tuple[str, ...] = ()
+    otel_enabled: bool = False
+    otel_setup: str = ""
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def broker(self) -> str:
@@ -381,7 +393,8 @@ def _coerce_text(name: str, raw: str, hint: Any) -> Any:
         if base is float:
             return float(raw)
         if typing.get_origin(base) is tuple:
-            return tuple(int(x) for x in raw.replace(" ", "").split(",") if x)
+            item = int if typing.get_args(base)[0] is int else str
+            return tuple(item(x) for x in raw.replace(" ", "").split(",") if x)
         return raw
     except ValueError as exc:
         raise ConfigurationError(f"setting {name!r}: {exc}", {"setting": name}) from None
@@ -508,6 +521,7 @@ def _build(values: dict[str, Any]) -> Settings:
         raise ConfigurationError(
             "zero_copy_threshold_bytes must be >= 0 and zero_copy_ttl_ms > 0"
         )
+    _check_observability(settings)
     for p in settings.pools:
         if p.pool_size > settings.pool_max_workers:
             raise ConfigurationError(
@@ -520,6 +534,23 @@ def _build(values: dict[str, Any]) -> Settings:
             + ", ".join(names)
         )
     return settings
+
+
+def _check_observability(settings: Settings) -> None:
+    if settings.log_level not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
+    unknown = sorted(set(settings.log_categories) - set(CATEGORIES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown log_categories {', '.join(unknown)}; known: {', '.join(CATEGORIES)}",
+            {"unknown": unknown},
+        )
+    if not 0 <= settings.metrics_port <= 65535:
+        raise ConfigurationError(
+            f"metrics_port must be a TCP port (0 turns metrics off), got {settings.metrics_port}"
+        )
 
 
 def _as_dict(settings: Settings) -> dict[str, Any]:

@@ -57,9 +57,9 @@ def redis_errors_as_snakepit(
         what = ("the broker" if is_broker and broker_url != redis_url else "Redis") + (
             f" at {shown(url)}" if url else "")
         raise RedisUnavailable(
-            f"{what} could not be reached while {doing}: {redact(str(exc))}; check that it "
-            "runs and that redis_url (SNAKEPIT_REDIS_URL or the configuration file) points at "
-            "it" + (f" ({outcome})" if outcome else ""),
+            redact(f"{what} could not be reached while {doing}: {exc}; check that it "
+                   "runs and that redis_url (SNAKEPIT_REDIS_URL or the configuration file) "
+                   "points at it" + (f" ({outcome})" if outcome else "")),
             {"error": redact(str(exc)), "url": shown(url)},
         ) from None
 

@@ -113,6 +113,11 @@ class DeadLettered(SnakepitError):
     list instead of being run."""
 
 
+class TelemetryError(SnakepitError):
+    """A telemetry event, handler or measurement is invalid (a bad event name, a handler id
+    attached twice, measurements that are not numbers)."""
+
+
 class DeviceNotAvailable(SnakepitError):
     """The requested device (``cuda``, ``mps``, ``rocm`` ...) is not present on this host."""
 
@@ -144,6 +149,7 @@ ERROR_CLASSES: dict[str, type[SnakepitError]] = {
         StreamTruncated,
         SerializationError,
         DeadLettered,
+        TelemetryError,
         DeviceNotAvailable,
         NoDevice,
     )

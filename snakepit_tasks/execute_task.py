@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 from celery.utils.saferepr import saferepr
 from kombu.exceptions import EncodeError
 
-from . import connections, keys, routing
+from . import connections, keys, routing, telemetry
 from .call import TASK_NAME, Call, _check_name
 from .connections import redis_errors_as_snakepit
 from .errors import ConfigurationError, SerializationError, SnakepitError
@@ -68,7 +68,11 @@ class ExecuteTask(Task):
                 raise SerializationError(f"the call could not be encoded: {exc}") from None
             if job is not None:
                 _record_job(settings, job, result.id, route.call)
-            return result
+        call = route.call
+        telemetry.emit(("snakepit", "call", "sent"), {"system_time": time.time_ns()}, {
+            "call_id": result.id, "tool": call.command, "pool": call.pool,
+            "queue": route.queue.name, "session_id": call.session_id, "stream": call.stream})
+        return result
 
 
 def _preview(call: Call) -> str:

@@ -9,29 +9,42 @@ every error are the same as on the Celery lane.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
-from . import connections, routing, serialization
+from . import connections, routing, serialization, telemetry
 from .call import Call
 from .config import Settings
+from .telemetry import tracing
 
 
-def encode(call_id: str, call: Call) -> bytes:
-    """A fast-lane message."""
-    return serialization.encode_args({"id": call_id, "call": call.to_kwargs()})
+def encode(call_id: str, call: Call, trace: dict[str, str] | None = None) -> bytes:
+    """A fast-lane message (with the sender's trace context, when tracing is on)."""
+    message: dict[str, Any] = {"id": call_id, "call": call.to_kwargs()}
+    if trace:
+        message["trace"] = trace
+    return serialization.encode_args(message)
 
 
 def decode(raw: bytes) -> tuple[str, dict[str, Any]]:
     """The id and task keyword arguments of a fast-lane message; ValueError when it is not
     one (the node turns that into a dead letter)."""
+    call_id, kwargs, _ = decode_traced(raw)
+    return call_id, kwargs
+
+
+def decode_traced(raw: bytes) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """:func:`decode`, plus the trace context the message carries ({} when none)."""
     message = serialization.decode(raw)
     if not isinstance(message, dict):
         raise ValueError(f"a fast-lane message is an object, got {type(message).__name__}")
     call_id, kwargs = message.get("id"), message.get("call")
     if not isinstance(call_id, str) or not call_id or not isinstance(kwargs, dict):
         raise ValueError("a fast-lane message needs an 'id' string and a 'call' object")
-    return call_id, kwargs
+    trace = message.get("trace")
+    carrier = {str(k): str(v) for k, v in trace.items()} if isinstance(trace, dict) else {}
+    return call_id, kwargs, carrier
 
 
 def send(settings: Settings, args: Any, kwargs: Any) -> str:
@@ -39,5 +52,11 @@ def send(settings: Settings, args: Any, kwargs: Any) -> str:
     route = routing.prepare(settings, args, kwargs)
     call_id = str(uuid.uuid4())
     r = connections.redis_client(settings.redis_url)
-    r.lpush(route.fast_queue, encode(call_id, route.call))
+    with tracing.span(f"snakepit.publish {route.call.command}", {"snakepit.call_id": call_id},
+                      kind="producer"):
+        r.lpush(route.fast_queue, encode(call_id, route.call, tracing.inject({})))
+    call = route.call
+    telemetry.emit(("snakepit", "call", "sent"), {"system_time": time.time_ns()}, {
+        "call_id": call_id, "tool": call.command, "pool": call.pool,
+        "queue": route.fast_queue, "session_id": call.session_id, "stream": call.stream})
     return call_id

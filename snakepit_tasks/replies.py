@@ -23,7 +23,9 @@ def encode_outcome(result: Any = None, error: BaseException | None = None) -> by
     """A reply body: the result, or the error as class name, message and details."""
     if error is None:
         return b'{"ok":true,"result":' + serialization.encode_result(result) + b"}"
-    return json.dumps({"ok": False, "error": to_wire(error)}, default=str).encode()
+    wire = to_wire(error)
+    wire["message"] = serialization.redact(str(wire["message"]))
+    return json.dumps({"ok": False, "error": wire}, default=str).encode()
 
 
 def push(pipe: Any, call_id: str, body: bytes) -> None:

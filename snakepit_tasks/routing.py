@@ -10,7 +10,16 @@ from typing import Any
 
 from kombu import Queue
 
-from . import connections, hardware, keys, kombu_redis, pool_state, serialization, session_store
+from . import (
+    connections,
+    hardware,
+    keys,
+    kombu_redis,
+    pool_state,
+    serialization,
+    session_store,
+    telemetry,
+)
 from .call import Call
 from .config import AFFINITY_MODES, Settings
 from .errors import (
@@ -150,6 +159,9 @@ def _route(settings: Settings, call: Call) -> Route:
             r.llen(keys.fast_node_queue(capable_node)))
     if waiting >= settings.pool_max_queue_size:
         pool_state.count(r, pool, pool_saturated=1)
+        telemetry.emit(("snakepit", "pool", "saturated"),
+                       {"queued": waiting, "max_queue_size": settings.pool_max_queue_size},
+                       {"pool": pool, "queue": queue_name})
         raise QueueFull(
             f"{waiting} calls already wait in {queue_name} (pool_max_queue_size is "
             f"{settings.pool_max_queue_size}); retry later or add workers",
@@ -228,6 +240,8 @@ def _session_route(
                 details,
             )
         session_store.unbind(r, session_id)  # the next worker to run it binds it
+        telemetry.emit(("snakepit", "session", "rebound"), {}, {
+            "session_id": session_id, "pool": pool, "worker_id": worker, "reason": why})
         return call, keys.pool_queue(pool)
     check_reentry(session_id, worker, mode or "hint", busy)  # from a host tool it waits for
     if busy and mode == "strict_fail_fast":

@@ -227,6 +227,8 @@ def subprocess_env(redis_url: str | None = None, pools: Iterable[dict[str, Any]]
     # A process registry of our own: orphan sweeps of other processes on this machine (other
     # test runs, benchmarks) never see our runtimes, and ours never see theirs.
     env["SNAKEPIT_DATA_DIR"] = data_dir()
+    # Nodes are silent by default (errors only); tests read their warnings.
+    env["SNAKEPIT_LOG_LEVEL"] = "warning"
     if redis_url:
         env["SNAKEPIT_REDIS_URL"] = redis_url
     if pools is not None:

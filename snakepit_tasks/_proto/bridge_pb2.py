@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x62ridge.proto\x12\x12snakepit.bridge.v1\")\n\x07Payload\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ncoding\x18\x02 \x01(\t\"d\n\tErrorInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x17\n\x0f\x61vailable_tools\x18\x05 \x03(\t\"C\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nannotation\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\"\x94\x01\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x35\n\nparameters\x18\x03 \x03(\x0b\x32!.snakepit.bridge.v1.ParameterSpec\x12\x1a\n\x12supports_streaming\x18\x04 \x01(\x08\x12\x12\n\nidempotent\x18\x05 \x01(\x08\"\x1e\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"?\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"\x11\n\x0f\x44\x65scribeRequest\"\x97\x01\n\x10\x44\x65scribeResponse\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x13\n\x0bthread_safe\x18\x05 \x01(\x08\x12+\n\x05tools\x18\x06 \x03(\x0b\x32\x1c.snakepit.bridge.v1.ToolSpec\"\xe3\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.snakepit.bridge.v1.ExecuteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x0f\x45xecuteResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo\x12\x13\n\x0b\x64uration_us\x18\x04 \x01(\x03\"\xb2\x01\n\x0bStreamChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12+\n\x06result\x18\x04 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12,\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo\"\x1f\n\x10HeartbeatRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"R\n\x11HeartbeatResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x10\n\x08inflight\x18\x04 \x01(\r\"\x99\x01\n\x0eSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x42\n\x08metadata\x18\x02 \x03(\x0b\x32\x30.snakepit.bridge.v1.SessionRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0fSessionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo\"R\n\x0cHostToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\r\n\x05scope\x18\x04 \x01(\t\"=\n\x14ListHostToolsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"H\n\x15ListHostToolsResponse\x12/\n\x05tools\x18\x01 \x03(\x0b\x32 .snakepit.bridge.v1.HostToolSpec\"\x86\x01\n\x13\x43\x61llHostToolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\"}\n\x14\x43\x61llHostToolResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo2\xf1\x04\n\x0e\x41\x64\x61pterRuntime\x12I\n\x04Ping\x12\x1f.snakepit.bridge.v1.PingRequest\x1a .snakepit.bridge.v1.PingResponse\x12U\n\x08\x44\x65scribe\x12#.snakepit.bridge.v1.DescribeRequest\x1a$.snakepit.bridge.v1.DescribeResponse\x12R\n\x07\x45xecute\x12\".snakepit.bridge.v1.ExecuteRequest\x1a#.snakepit.bridge.v1.ExecuteResponse\x12V\n\rExecuteStream\x12\".snakepit.bridge.v1.ExecuteRequest\x1a\x1f.snakepit.bridge.v1.StreamChunk0\x01\x12X\n\tHeartbeat\x12$.snakepit.bridge.v1.HeartbeatRequest\x1a%.snakepit.bridge.v1.HeartbeatResponse\x12\\\n\x11InitializeSession\x12\".snakepit.bridge.v1.SessionRequest\x1a#.snakepit.bridge.v1.SessionResponse\x12Y\n\x0e\x43leanupSession\x12\".snakepit.bridge.v1.SessionRequest\x1a#.snakepit.bridge.v1.SessionResponse2\xcc\x01\n\tHostTools\x12`\n\tListTools\x12(.snakepit.bridge.v1.ListHostToolsRequest\x1a).snakepit.bridge.v1.ListHostToolsResponse\x12]\n\x08\x43\x61llTool\x12\'.snakepit.bridge.v1.CallHostToolRequest\x1a(.snakepit.bridge.v1.CallHostToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x62ridge.proto\x12\x12snakepit.bridge.v1\")\n\x07Payload\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x65ncoding\x18\x02 \x01(\t\"d\n\tErrorInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x17\n\x0f\x61vailable_tools\x18\x05 \x03(\t\"C\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nannotation\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\"\x94\x01\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x35\n\nparameters\x18\x03 \x03(\x0b\x32!.snakepit.bridge.v1.ParameterSpec\x12\x1a\n\x12supports_streaming\x18\x04 \x01(\x08\x12\x12\n\nidempotent\x18\x05 \x01(\x08\"\x1e\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"?\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"\x11\n\x0f\x44\x65scribeRequest\"\x97\x01\n\x10\x44\x65scribeResponse\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x13\n\x0bthread_safe\x18\x05 \x01(\x08\x12+\n\x05tools\x18\x06 \x03(\x0b\x32\x1c.snakepit.bridge.v1.ToolSpec\"\xe3\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.snakepit.bridge.v1.ExecuteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x01\n\x0eTelemetryEvent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12J\n\x0cmeasurements\x18\x02 \x03(\x0b\x32\x34.snakepit.bridge.v1.TelemetryEvent.MeasurementsEntry\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\x0f\n\x07time_ns\x18\x04 \x01(\x03\x12\x0f\n\x07\x63\x61ll_id\x18\x05 \x01(\t\x12\x0c\n\x04tool\x18\x06 \x01(\t\x1a\x33\n\x11MeasurementsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd9\x01\n\x0f\x45xecuteResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo\x12\x13\n\x0b\x64uration_us\x18\x04 \x01(\x03\x12\x32\n\x06\x65vents\x18\x05 \x03(\x0b\x32\".snakepit.bridge.v1.TelemetryEvent\x12\x16\n\x0e\x65vents_dropped\x18\x06 \x01(\r\"\xfe\x01\n\x0bStreamChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12)\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12+\n\x06result\x18\x04 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12,\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo\x12\x32\n\x06\x65vents\x18\x06 \x03(\x0b\x32\".snakepit.bridge.v1.TelemetryEvent\x12\x16\n\x0e\x65vents_dropped\x18\x07 \x01(\r\"\x1f\n\x10HeartbeatRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x9e\x01\n\x11HeartbeatResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x10\n\x08inflight\x18\x04 \x01(\r\x12\x32\n\x06\x65vents\x18\x05 \x03(\x0b\x32\".snakepit.bridge.v1.TelemetryEvent\x12\x16\n\x0e\x65vents_dropped\x18\x06 \x01(\r\"\x99\x01\n\x0eSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x42\n\x08metadata\x18\x02 \x03(\x0b\x32\x30.snakepit.bridge.v1.SessionRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0fSessionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo\"R\n\x0cHostToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\r\n\x05scope\x18\x04 \x01(\t\"=\n\x14ListHostToolsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"H\n\x15ListHostToolsResponse\x12/\n\x05tools\x18\x01 \x03(\x0b\x32 .snakepit.bridge.v1.HostToolSpec\"\x86\x01\n\x13\x43\x61llHostToolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\"}\n\x14\x43\x61llHostToolResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ErrorInfo2\xf1\x04\n\x0e\x41\x64\x61pterRuntime\x12I\n\x04Ping\x12\x1f.snakepit.bridge.v1.PingRequest\x1a .snakepit.bridge.v1.PingResponse\x12U\n\x08\x44\x65scribe\x12#.snakepit.bridge.v1.DescribeRequest\x1a$.snakepit.bridge.v1.DescribeResponse\x12R\n\x07\x45xecute\x12\".snakepit.bridge.v1.ExecuteRequest\x1a#.snakepit.bridge.v1.ExecuteResponse\x12V\n\rExecuteStream\x12\".snakepit.bridge.v1.ExecuteRequest\x1a\x1f.snakepit.bridge.v1.StreamChunk0\x01\x12X\n\tHeartbeat\x12$.snakepit.bridge.v1.HeartbeatRequest\x1a%.snakepit.bridge.v1.HeartbeatResponse\x12\\\n\x11InitializeSession\x12\".snakepit.bridge.v1.SessionRequest\x1a#.snakepit.bridge.v1.SessionResponse\x12Y\n\x0e\x43leanupSession\x12\".snakepit.bridge.v1.SessionRequest\x1a#.snakepit.bridge.v1.SessionResponse2\xcc\x01\n\tHostTools\x12`\n\tListTools\x12(.snakepit.bridge.v1.ListHostToolsRequest\x1a).snakepit.bridge.v1.ListHostToolsResponse\x12]\n\x08\x43\x61llTool\x12\'.snakepit.bridge.v1.CallHostToolRequest\x1a(.snakepit.bridge.v1.CallHostToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_TELEMETRYEVENT_MEASUREMENTSENTRY']._loaded_options = None
+  _globals['_TELEMETRYEVENT_MEASUREMENTSENTRY']._serialized_options = b'8\001'
   _globals['_SESSIONREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SESSIONREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PAYLOAD']._serialized_start=36
@@ -55,32 +57,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST']._serialized_end=899
   _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_start=852
   _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_end=899
-  _globals['_EXECUTERESPONSE']._serialized_start=902
-  _globals['_EXECUTERESPONSE']._serialized_end=1043
-  _globals['_STREAMCHUNK']._serialized_start=1046
-  _globals['_STREAMCHUNK']._serialized_end=1224
-  _globals['_HEARTBEATREQUEST']._serialized_start=1226
-  _globals['_HEARTBEATREQUEST']._serialized_end=1257
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1259
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1341
-  _globals['_SESSIONREQUEST']._serialized_start=1344
-  _globals['_SESSIONREQUEST']._serialized_end=1497
+  _globals['_TELEMETRYEVENT']._serialized_start=902
+  _globals['_TELEMETRYEVENT']._serialized_end=1127
+  _globals['_TELEMETRYEVENT_MEASUREMENTSENTRY']._serialized_start=1076
+  _globals['_TELEMETRYEVENT_MEASUREMENTSENTRY']._serialized_end=1127
+  _globals['_EXECUTERESPONSE']._serialized_start=1130
+  _globals['_EXECUTERESPONSE']._serialized_end=1347
+  _globals['_STREAMCHUNK']._serialized_start=1350
+  _globals['_STREAMCHUNK']._serialized_end=1604
+  _globals['_HEARTBEATREQUEST']._serialized_start=1606
+  _globals['_HEARTBEATREQUEST']._serialized_end=1637
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1640
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1798
+  _globals['_SESSIONREQUEST']._serialized_start=1801
+  _globals['_SESSIONREQUEST']._serialized_end=1954
   _globals['_SESSIONREQUEST_METADATAENTRY']._serialized_start=852
   _globals['_SESSIONREQUEST_METADATAENTRY']._serialized_end=899
-  _globals['_SESSIONRESPONSE']._serialized_start=1499
-  _globals['_SESSIONRESPONSE']._serialized_end=1574
-  _globals['_HOSTTOOLSPEC']._serialized_start=1576
-  _globals['_HOSTTOOLSPEC']._serialized_end=1658
-  _globals['_LISTHOSTTOOLSREQUEST']._serialized_start=1660
-  _globals['_LISTHOSTTOOLSREQUEST']._serialized_end=1721
-  _globals['_LISTHOSTTOOLSRESPONSE']._serialized_start=1723
-  _globals['_LISTHOSTTOOLSRESPONSE']._serialized_end=1795
-  _globals['_CALLHOSTTOOLREQUEST']._serialized_start=1798
-  _globals['_CALLHOSTTOOLREQUEST']._serialized_end=1932
-  _globals['_CALLHOSTTOOLRESPONSE']._serialized_start=1934
-  _globals['_CALLHOSTTOOLRESPONSE']._serialized_end=2059
-  _globals['_ADAPTERRUNTIME']._serialized_start=2062
-  _globals['_ADAPTERRUNTIME']._serialized_end=2687
-  _globals['_HOSTTOOLS']._serialized_start=2690
-  _globals['_HOSTTOOLS']._serialized_end=2894
+  _globals['_SESSIONRESPONSE']._serialized_start=1956
+  _globals['_SESSIONRESPONSE']._serialized_end=2031
+  _globals['_HOSTTOOLSPEC']._serialized_start=2033
+  _globals['_HOSTTOOLSPEC']._serialized_end=2115
+  _globals['_LISTHOSTTOOLSREQUEST']._serialized_start=2117
+  _globals['_LISTHOSTTOOLSREQUEST']._serialized_end=2178
+  _globals['_LISTHOSTTOOLSRESPONSE']._serialized_start=2180
+  _globals['_LISTHOSTTOOLSRESPONSE']._serialized_end=2252
+  _globals['_CALLHOSTTOOLREQUEST']._serialized_start=2255
+  _globals['_CALLHOSTTOOLREQUEST']._serialized_end=2389
+  _globals['_CALLHOSTTOOLRESPONSE']._serialized_start=2391
+  _globals['_CALLHOSTTOOLRESPONSE']._serialized_end=2516
+  _globals['_ADAPTERRUNTIME']._serialized_start=2519
+  _globals['_ADAPTERRUNTIME']._serialized_end=3144
+  _globals['_HOSTTOOLS']._serialized_start=3147
+  _globals['_HOSTTOOLS']._serialized_end=3351
 # @@protoc_insertion_point(module_scope)

@@ -109,31 +109,62 @@ class ExecuteRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, call_id: _Optional[str] = ..., tool: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class TelemetryEvent(_message.Message):
+    __slots__ = ("name", "measurements", "metadata", "time_ns", "call_id", "tool")
+    class MeasurementsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    measurements: _containers.ScalarMap[str, float]
+    metadata: bytes
+    time_ns: int
+    call_id: str
+    tool: str
+    def __init__(self, name: _Optional[str] = ..., measurements: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[bytes] = ..., time_ns: _Optional[int] = ..., call_id: _Optional[str] = ..., tool: _Optional[str] = ...) -> None: ...
+
 class ExecuteResponse(_message.Message):
-    __slots__ = ("ok", "result", "error", "duration_us")
+    __slots__ = ("ok", "result", "error", "duration_us", "events", "events_dropped")
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     result: Payload
     error: ErrorInfo
     duration_us: int
-    def __init__(self, ok: _Optional[bool] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_us: _Optional[int] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[TelemetryEvent]
+    events_dropped: int
+    def __init__(self, ok: _Optional[bool] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., duration_us: _Optional[int] = ..., events: _Optional[_Iterable[_Union[TelemetryEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ...) -> None: ...
 
 class StreamChunk(_message.Message):
-    __slots__ = ("seq", "data", "is_final", "result", "error")
+    __slots__ = ("seq", "data", "is_final", "result", "error", "events", "events_dropped")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     data: Payload
     is_final: bool
     result: Payload
     error: ErrorInfo
-    def __init__(self, seq: _Optional[int] = ..., data: _Optional[_Union[Payload, _Mapping]] = ..., is_final: _Optional[bool] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[TelemetryEvent]
+    events_dropped: int
+    def __init__(self, seq: _Optional[int] = ..., data: _Optional[_Union[Payload, _Mapping]] = ..., is_final: _Optional[bool] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., events: _Optional[_Iterable[_Union[TelemetryEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("seq",)
@@ -142,16 +173,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, seq: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("seq", "pid", "rss_bytes", "inflight")
+    __slots__ = ("seq", "pid", "rss_bytes", "inflight", "events", "events_dropped")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     pid: int
     rss_bytes: int
     inflight: int
-    def __init__(self, seq: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., inflight: _Optional[int] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[TelemetryEvent]
+    events_dropped: int
+    def __init__(self, seq: _Optional[int] = ..., pid: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., inflight: _Optional[int] = ..., events: _Optional[_Iterable[_Union[TelemetryEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("session_id", "metadata")

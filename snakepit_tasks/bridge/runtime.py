@@ -30,7 +30,10 @@ from .._proto import bridge_pb2_grpc as pb_grpc
 from ..config import load_settings
 from ..errors import ConfigurationError, SerializationError
 from ..hardware import DEVICE_ENV
+from ..serialization import redact
+from ..telemetry import tracing
 from ..zero_copy import process as zero_copy_process
+from . import logs, telemetry
 from .adapter import BaseAdapter, SessionContext
 from .host_client import HostToolsClient
 from .limits import MAX_MESSAGE_BYTES
@@ -59,8 +62,8 @@ def _error(kind: str, exc: BaseException | None = None, **fields: Any) -> pb.Err
     info = pb.ErrorInfo(kind=kind, **fields)
     if exc is not None:
         info.type = type(exc).__name__
-        info.message = str(exc)
-        info.traceback = "".join(traceback.format_exception(exc))
+        info.message = redact(str(exc))
+        info.traceback = redact("".join(traceback.format_exception(exc)))
     return info
 
 
@@ -238,11 +241,24 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
             instance, method, args = self._prepare(request, received, rpc)
             instance.initialize()
             try:
-                yield lambda: method(**args)
+                with tracing.span(request.tool, {"snakepit.call_id": request.call_id}):
+                    yield lambda: method(**args)
             finally:
                 instance.cleanup()
         finally:
             zero_copy.release(received)  # arguments mapped from a caller's memory: done
+
+    @contextlib.contextmanager
+    def _traced(self, request: pb.ExecuteRequest, context: Any, rpc: str) -> Iterator[None]:
+        """The call's server span (its parent comes from the gRPC metadata); events emitted
+        inside are the call's."""
+        parent = tracing.extract(dict(context.invocation_metadata() or ())) if (
+            tracing.enabled()) else None
+        attributes = {"snakepit.worker_id": self.worker_id, "snakepit.tool": request.tool,
+                      "snakepit.call_id": request.call_id}
+        with tracing.span(f"snakepit.runtime {rpc}", attributes, kind="server",
+                          context=parent), telemetry.in_call(request.call_id, request.tool):
+            yield
 
     # -- RPCs ----------------------------------------------------------------------------
     def Ping(self, request: pb.PingRequest, context: Any) -> pb.PingResponse:  # noqa: N802
@@ -274,7 +290,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
 
     def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:  # noqa: N802
         started = time.perf_counter_ns()
-        with self._slot():
+        with self._slot(), self._traced(request, context, "Execute"):
             try:
                 with self._tool(request, context) as run:
                     value = run()
@@ -283,17 +299,17 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                     # encoded before the arguments are released: it may hold one of them
                     result = self.large_data.result(value)
             except Exception as exc:
-                return pb.ExecuteResponse(ok=False, error=_error_info(exc))
-        return pb.ExecuteResponse(
+                return _with_events(pb.ExecuteResponse(ok=False, error=_error_info(exc)))
+        return _with_events(pb.ExecuteResponse(
             ok=True, result=result, duration_us=(time.perf_counter_ns() - started) // 1000
-        )
+        ))
 
     def ExecuteStream(  # noqa: N802
         self, request: pb.ExecuteRequest, context: Any
     ) -> Iterator[pb.StreamChunk]:
         stopped = threading.Event()
         context.add_callback(stopped.set)  # the caller went away, or the call ended
-        with self._slot():
+        with self._slot(), self._traced(request, context, "ExecuteStream"):
             seq = 0
             final: pb.Payload | None = None
             try:
@@ -308,24 +324,25 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                                     value = stop.value
                                     break
                                 seq += 1
-                                yield pb.StreamChunk(seq=seq, data=_payload(item))
+                                yield _with_events(pb.StreamChunk(seq=seq, data=_payload(item)))
                     else:  # a tool that does not stream: its result is the one chunk
                         seq += 1
-                        yield pb.StreamChunk(seq=seq, data=_payload(value))
+                        yield _with_events(pb.StreamChunk(seq=seq, data=_payload(value)))
                     if not stopped.is_set():
                         final = self.large_data.result(value)
                 if stopped.is_set() or final is None:
                     return
-                yield pb.StreamChunk(seq=seq + 1, is_final=True, result=final)
+                yield _with_events(pb.StreamChunk(seq=seq + 1, is_final=True, result=final))
             except GeneratorExit:
                 raise
             except Exception as exc:
-                yield pb.StreamChunk(seq=seq + 1, is_final=True, error=_error_info(exc))
+                failed = pb.StreamChunk(seq=seq + 1, is_final=True, error=_error_info(exc))
+                yield _with_events(failed)
 
     def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
-        return pb.HeartbeatResponse(
+        return _with_events(pb.HeartbeatResponse(
             seq=request.seq, pid=os.getpid(), rss_bytes=_rss_bytes(), inflight=self._inflight
-        )
+        ))
 
     def _session_hook(
         self, hook: str, request: pb.SessionRequest, rpc: Any = None
@@ -347,6 +364,16 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
 
     def CleanupSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionResponse:  # noqa: N802
         return self._session_hook("cleanup_session", request, context)
+
+
+def _with_events(message: Any) -> Any:
+    """``message`` carrying the telemetry events buffered so far (see bridge.telemetry)."""
+    events, dropped = telemetry.drain()
+    if events:
+        message.events.extend(events)
+    if dropped:
+        message.events_dropped = dropped
+    return message
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -374,9 +401,21 @@ def serve(
     ready_fd: int = -1,
     parent_pid: int = 0,
     host_tools_socket: str = "",
+    log_level: int = 40,
+    otel_setup: str | None = None,
 ) -> int:
-    """Serve ``adapter`` until SIGTERM/SIGINT or the parent's death; returns the exit code."""
+    """Serve ``adapter`` until SIGTERM/SIGINT or the parent's death; returns the exit code.
+    ``log_level``: what this process logs (to its node); ``otel_setup``: trace calls, after
+    running that hook ("" for none); None: no tracing."""
     _die_with_parent(parent_pid)
+    logs.install(log_level)
+    try:
+        if otel_setup is not None:
+            tracing.enable(otel_setup)
+    except BaseException as exc:
+        _report(ready_fd, {"ok": False, "kind": "adapter_load",
+                           "error": f"cannot start tracing: {type(exc).__name__}: {exc}"})
+        return 3
     try:
         adapter_cls = load_adapter(adapter)
         if capacity > 1 and not getattr(adapter_cls, "__thread_safe__", False):
@@ -442,9 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default="")
     parser.add_argument("--instance", default="")
     parser.add_argument("--host-tools-socket", default="")
+    parser.add_argument("--log-level", type=int, default=40)
+    parser.add_argument("--otel-setup", default=None, help="trace calls (after this hook)")
     ns = parser.parse_args(argv)
     return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd, ns.parent_pid,
-                 ns.host_tools_socket)
+                 ns.host_tools_socket, ns.log_level, ns.otel_setup)
 
 
 if __name__ == "__main__":

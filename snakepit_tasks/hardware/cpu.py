@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .model import Cpu, Memory, Platform
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_tasks.hardware")
 
 #: The flags that decide which builds of a native library run here (for ``identity()``).
 RELEVANT_FLAGS = frozenset({

@@ -10,7 +10,7 @@ from typing import Any
 from . import cpu, mps, nvidia, rocm
 from .model import Hardware
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_tasks.hardware")
 
 #: Accelerators in the order :func:`identity` prefers them.
 ACCELERATORS = ("cuda", "rocm", "mps")

@@ -8,7 +8,7 @@ import importlib.util
 import logging
 import platform
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_tasks.hardware")
 
 MIN_MACOS = (12, 3)
 

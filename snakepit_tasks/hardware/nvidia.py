@@ -9,7 +9,7 @@ from typing import Any
 
 from .model import Gpu
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_tasks.hardware")
 
 INSTALL_HINT = "pip install 'snakepit-tasks[gpu]'"
 

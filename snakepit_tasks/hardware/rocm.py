@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .model import Gpu
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_tasks.hardware")
 
 AMD_VENDOR_ID = 0x1002
 SMI_TIMEOUT_S = 3.0

@@ -12,6 +12,7 @@ from celery import bootsteps, signals
 
 from .. import keys, processes
 from ..errors import DeviceNotAvailable
+from ..telemetry import logs
 from . import console
 from .intake import install as install_intake
 from .node import Node
@@ -41,6 +42,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
 
         app = worker.app
         settings = app.snakepit_settings
+        logs.configure(settings.log_level, settings.log_categories, handler=True)
         if settings.broker.startswith(("redis://", "rediss://", "unix://")):
             install(settings.broker)
         console.install()  # before Celery's banner shows the broker URL

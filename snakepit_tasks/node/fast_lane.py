@@ -22,6 +22,7 @@ import redis
 from .. import fast_lane, keys, routing
 from ..call import Call
 from ..errors import SnakepitError
+from ..telemetry import tracing
 from .claim import DuplicateCopy, Redirect
 from .slots import NodeDraining
 
@@ -127,9 +128,9 @@ class FastLane:
 
     def _handle(self, source: str, raw: bytes) -> None:
         node = self.node
-        call_id = ""
+        call_id, trace = "", dict[str, str]()
         try:
-            call_id, kwargs = fast_lane.decode(raw)
+            call_id, kwargs, trace = fast_lane.decode_traced(raw)
             call = node.parse_call((), kwargs)
         except (ValueError, RecursionError, SnakepitError) as exc:
             self._done(raw)
@@ -142,7 +143,11 @@ class FastLane:
                              f"{node.pool.name!r}", call_id)
             return
         try:
-            node.run(call, call_id, on_finish=lambda pipe: self._forget(pipe, raw))
+            with tracing.span(f"snakepit.node {call.command}", {
+                "snakepit.call_id": call_id, "snakepit.pool": call.pool,
+                "snakepit.node": node.name, "snakepit.lane": "fast",
+            }, kind="consumer", context=tracing.extract(trace) if trace else None):
+                node.run(call, call_id, on_finish=lambda pipe: self._forget(pipe, raw))
         except NodeDraining:
             self._put_back(source, raw)
         except Redirect as moved:

@@ -17,11 +17,13 @@ from typing import Any
 
 import grpc
 
+from .. import telemetry
 from .._proto import bridge_pb2 as pb
 from ..config import Settings
+from .adapter_events import reemit
 from .worker import AdapterWorker
 
-log = logging.getLogger("snakepit_tasks.node")
+log = logging.getLogger("snakepit_tasks.heartbeat")
 
 _PINGED = ("ready", "recycling")
 
@@ -100,12 +102,19 @@ class Heartbeats:
             return
         worker.missed_heartbeats = 0
         worker.rss_bytes = int(beat.rss_bytes)
+        if beat.events or beat.events_dropped:
+            reemit(worker, beat)
         self._on_beat(worker)
 
     def _missed(self, worker: AdapterWorker) -> None:
         worker.missed_heartbeats += 1
+        labels = {"pool": worker.pool, "node": worker.node, "worker_id": worker.worker_id,
+                  "pid": worker.pid}
+        missed = {"missed": worker.missed_heartbeats}
+        telemetry.emit(("snakepit", "heartbeat", "failure"), missed, labels)
         if worker.missed_heartbeats >= self.max_missed:
             worker.kill_reason = f"missed {worker.missed_heartbeats} heartbeats: hung"
             log.warning("worker %s (pid %s) %s; killing it", worker.worker_id, worker.pid,
                         worker.kill_reason)
+            telemetry.emit(("snakepit", "heartbeat", "timeout"), missed, labels)
             worker.kill()

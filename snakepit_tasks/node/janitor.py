@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import connections, fast_lane, keys, kombu_redis, lua, replies, session_store
+from .. import connections, fast_lane, keys, kombu_redis, lua, replies, session_store, telemetry
 from ..call import Call
 from ..errors import SessionWorkerUnavailable, SnakepitError, WorkerCrashed
 from ..kombu_redis import UndecodableMessage
@@ -76,11 +76,17 @@ class Janitor:
         """Prune expired sessions from the index (every ``session_cleanup_interval``) and warn
         once the count reaches ``session_warning_threshold`` of the quota; returns the count."""
         settings = self.node.settings
-        session_store.prune(self.r, time.time() - settings.session_default_ttl)
+        pruned = session_store.prune(self.r, time.time() - settings.session_default_ttl)
+        if pruned:
+            telemetry.emit(("snakepit", "session", "expired"), {"count": pruned},
+                           {"pool": self.pool})
         count = session_store.count(self.r)
         limit = settings.session_max_sessions
         near = count >= settings.session_warning_threshold * limit
         if near and not self._warned:
+            telemetry.emit(("snakepit", "session", "quota_warning"),
+                           {"count": count, "limit": limit},
+                           {"pool": self.pool, "threshold": settings.session_warning_threshold})
             log.warning(
                 "%d of session_max_sessions (%d) sessions exist (session_warning_threshold "
                 "%.2f); new sessions fail with SessionQuotaExceeded at the limit",
@@ -116,6 +122,8 @@ class Janitor:
                 watched[name] = now
                 self.r.hset(keys.dead_nodes(self.pool), name, now)
                 log.warning("node %s of pool %s is dead; taking over its queue", name, self.pool)
+                telemetry.emit(("snakepit", "janitor", "node_dead"), {},
+                               {"pool": self.pool, "node": name, "janitor": self.node.name})
                 self._forget_workers(name)
             backlog[name] = self._drain(name) + self._drain_fast(name)
         if dead:
@@ -193,6 +201,8 @@ class Janitor:
             pool_queue, kombu_redis.encode_message(message, rerouted.to_kwargs(), pool_queue)
         )
         log.info("janitor: re-routed call %s (%s) to %s", call_id, call.command, pool_queue)
+        telemetry.emit(("snakepit", "janitor", "rerouted"), {}, {
+            "call_id": call_id, "tool": call.command, "pool": self.pool, "queue": pool_queue})
 
     def _drain_fast(self, node: str) -> int:
         """The dead node's fast-lane calls: those it had taken (its processing list), then
@@ -249,6 +259,9 @@ class Janitor:
 
     def _fail(self, call_id: str, call: Call, exc: SnakepitError, *, backend: bool = True) -> None:
         log.warning("janitor: failing call %s: %s", call_id, exc)
+        telemetry.emit(("snakepit", "janitor", "failed"), {}, {
+            "call_id": call_id, "tool": call.command, "pool": self.pool,
+            "error": type(exc).__name__})
         if backend:
             self.app.backend.mark_as_failure(call_id, exc)
         with self.r.pipeline(transaction=False) as pipe:

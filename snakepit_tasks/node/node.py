@@ -15,7 +15,7 @@ from typing import Any
 
 from celery.exceptions import Ignore, Reject
 
-from .. import connections, dead_letters, hardware, keys, replies, serialization
+from .. import connections, dead_letters, hardware, keys, replies, serialization, telemetry
 from .._proto import bridge_pb2 as pb
 from ..call import CLEANUP_COMMAND, Call
 from ..config import PoolConfig, Settings
@@ -33,6 +33,8 @@ from ..queues import declare_queue
 from ..resilience import HealthMonitor
 from ..streaming import entries
 from ..streaming.writer import ChunkWriter
+from ..telemetry import hooks, tracing
+from ..telemetry.metrics import NodeMetrics
 from ..zero_copy.host import host_id
 from . import lease
 from .claim import Claims, DuplicateCopy, Redirect
@@ -99,6 +101,7 @@ class Node:
         self.janitor: Any = None
         self.app: Any = None  # the Celery app, once the node runs inside one
         self.health = HealthMonitor(pool.name, redis=self.redis, settings=settings)
+        self.metrics: NodeMetrics | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +111,13 @@ class Node:
         hardware.check_host(self.pool.name, self.pool.requires, self.pool.device)
         self.capabilities = hardware.capabilities()
         self._capabilities_at = time.monotonic()
+        hooks.run(self.settings.telemetry_handlers, "telemetry_handlers")
+        if self.settings.otel_enabled:
+            tracing.enable(self.settings.otel_setup)
+        if self.settings.metrics_port:
+            self.metrics = NodeMetrics(self.settings, self.pool.name, self.name, self.redis,
+                                       self._metrics_workers)
+            self.metrics.start(self.settings.metrics_host, self.settings.metrics_port)
         self.redis.delete(keys.busy(self.name))
         try:
             self.workers.open_run_dir()
@@ -160,6 +170,8 @@ class Node:
         self.fast_lane.join()
         self.host_tools.stop()
         self.relay.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         try:
             self.redis.delete(keys.busy(self.name))
         except Exception:
@@ -206,7 +218,10 @@ class Node:
                 self.reply_failure(call_id, misrouted)
             raise misrouted
         try:
-            return self.run(call, call_id)
+            with tracing.span(f"snakepit.node {call.command}", {
+                "snakepit.call_id": call_id, "snakepit.pool": call.pool, "snakepit.node": self.name,
+            }):
+                return self.run(call, call_id)
         except DuplicateCopy as copy:
             # The live node that started this call answers it; this copy leaves no trace.
             log.debug("dropping a copy of call %s (started by %s)", call_id, copy.holder)
@@ -248,6 +263,9 @@ class Node:
                   self.name, queue, reason, dead_letters.preview(raw, 120))
         dead_letters.record(self.redis, self.pool.name, queue=queue, reason=reason, raw=raw,
                             call_id=call_id, node=self.name)
+        telemetry.emit(("snakepit", "call", "dead_lettered"), {}, {
+            "pool": self.pool.name, "node": self.name, "queue": queue, "call_id": call_id,
+            "reason": reason})
         if not call_id:
             return
         if error is None:
@@ -282,7 +300,13 @@ class Node:
         try:
             self._check_requires(call)
             claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command))
+            labels = {"call_id": call_id, "tool": call.command, "pool": self.pool.name,
+                      "node": self.name, "worker_id": claimed.slot.worker_id,
+                      "session_id": session_id}
             if claimed.new_session:
+                telemetry.emit(("snakepit", "session", "bound"), {}, {
+                    "session_id": session_id, "pool": self.pool.name, "node": self.name,
+                    "worker_id": claimed.slot.worker_id})
                 self._initialize_session(claimed.slot, session_id)
         except (DuplicateCopy, Redirect, NodeDraining):
             raise
@@ -299,6 +323,10 @@ class Node:
                 self.workers.release(claimed.slot)
             # queue timeouts are counted where they are decided (give_up_call.lua)
             counted = 0 if isinstance(exc, QueueTimeout) else 1
+            if not counted:
+                telemetry.emit(("snakepit", "call", "queue_timeout"),
+                               {"timeout_ms": self.settings.pool_queue_timeout},
+                               {"call_id": call_id, "tool": call.command, "pool": self.pool.name})
             self._finish(
                 call_id if reply else None, exc, errors=counted, requests=counted,
                 busy_worker=claimed.slot.worker_id if claimed is not None else None,
@@ -306,6 +334,9 @@ class Node:
             )
             raise exc from None
         slot = claimed.slot
+        queued_ms = (time.time() - call.enqueued_at) * 1000 if call.enqueued_at else 0.0
+        telemetry.emit(("snakepit", "call", "dispatched"), {"queue_time_ms": queued_ms}, labels)
+        began = time.perf_counter_ns()
         writer = self._writer(call_id, deadline) if stream else None
         held = [slot]  # the slot this call holds now (a re-run may move it)
         outcome: Any = None
@@ -340,6 +371,12 @@ class Node:
             last = held[0] if held else None
             if last is not None:
                 self.workers.release(last)
+            if not requeued:
+                telemetry.emit(("snakepit", "call", "executed"),
+                               {"duration_us": (time.perf_counter_ns() - began) // 1000},
+                               {**labels, "worker_id": last.worker_id if last else None,
+                                "success": failure is None, "streaming": stream,
+                                "error": type(failure).__name__ if failure else None})
             self._finish(
                 call_id if reply and not requeued else None,
                 failure,
@@ -491,6 +528,7 @@ class Node:
             "host_id": host_id(),
             "capabilities": json.dumps(self._host_capabilities()),
             "device": self.pool.device,
+            "metrics_port": self.metrics.port if self.metrics else 0,
         }
         return fields, self.workers.snapshot()
 
@@ -512,11 +550,19 @@ class Node:
         if lacking:
             raise hardware_error(self.name, call, lacking)
 
+    def _metrics_workers(self) -> list[dict[str, Any]]:
+        return [{**w, "tainted": self.workers.is_tainted(w["id"])}
+                for w in self.workers.snapshot()]
+
     def _taint(self, worker: AdapterWorker, how: str = "crashed") -> None:
         """Crash barrier: routing avoids ``worker`` for crash_barrier_taint_duration_ms."""
         if not self.settings.crash_barrier_enabled:
             return
         ms = self.settings.crash_barrier_taint_duration_ms
+        if not self.workers.is_tainted(worker.worker_id):  # once per crash, seen twice
+            telemetry.emit(("snakepit", "worker", "tainted"), {"duration_ms": ms}, {
+                "pool": self.pool.name, "node": self.name, "worker_id": worker.worker_id,
+                "reason": how})
         self.workers.taint(worker.worker_id, ms / 1000)
         try:
             self.redis.set(keys.taint(worker.worker_id), how, px=ms)

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from .. import serialization
+from .. import serialization, telemetry
 from .._proto import bridge_pb2 as pb
 from ..errors import (
     AdapterError,
@@ -22,9 +22,11 @@ from ..errors import (
     WorkerCrashed,
     from_wire,
 )
+from ..telemetry import tracing
+from .adapter_events import reemit
 from .worker import AdapterWorker
 
-log = logging.getLogger("snakepit_tasks.node")
+log = logging.getLogger("snakepit_tasks.grpc")
 
 # gRPC details when the call never reached the runtime (its socket was gone).
 _NOT_SENT_MARKERS = ("failed to connect", "connection refused", "no such file")
@@ -71,7 +73,10 @@ class WorkerCalls:
         """Run ``command`` on ``worker`` before ``deadline``; its result. ``timeout`` is the
         call's limit in seconds, for the message of an ExecutionTimeout."""
         request = _request(command, args, call_id, session_id)
-        generation, response = self._send(worker, "Execute", request, deadline, timeout)
+        with _client_span(worker, "Execute", request):
+            generation, response = self._send(worker, "Execute", request, deadline, timeout)
+        if response.events or response.events_dropped:
+            reemit(worker, response)
         if response.ok:
             return self._result(command, response.result)
         raise error_from_info(response.error, worker.worker_id)
@@ -106,6 +111,21 @@ class WorkerCalls:
         """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
         final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
         request = _request(command, args, call_id, session_id)
+        with _client_span(worker, "ExecuteStream", request):
+            return self._stream(worker, request, deadline, on_chunk, cancelled, timeout)
+
+    def _stream(
+        self,
+        worker: AdapterWorker,
+        request: pb.ExecuteRequest,
+        deadline: float,
+        on_chunk: Callable[[int, bytes], None],
+        cancelled: threading.Event,
+        timeout: float | None,
+    ) -> Any:
+        command = request.tool
+        labels = {"call_id": request.call_id, "tool": command, "pool": worker.pool,
+                  "node": worker.node, "worker_id": worker.worker_id}
         generation, rpc = self._send(worker, "ExecuteStream", request, deadline, timeout)
         threading.Thread(
             target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True
@@ -114,6 +134,8 @@ class WorkerCalls:
         count = 0
         try:
             for message in rpc:
+                if message.events or message.events_dropped:
+                    reemit(worker, message)
                 if message.is_final:
                     if message.HasField("error") and message.error.kind:
                         raise error_from_info(message.error, worker.worker_id)
@@ -128,13 +150,15 @@ class WorkerCalls:
                         {"seq": message.seq, "size": size, "limit": limit},
                     )
                 count += 1
+                telemetry.emit(("snakepit", "stream", "chunk"),
+                               {"seq": message.seq, "bytes": size}, labels)
                 on_chunk(message.seq, message.data.data)
         except grpc.RpcError as exc:
             if cancelled.is_set():
-                return {"halted": True, "chunks": count}
+                return _halted(count, labels)
             raise self._failure(worker, generation, command, exc, timeout) from None
         if cancelled.is_set():
-            return {"halted": True, "chunks": count}
+            return _halted(count, labels)
         raise WorkerCrashed(
             f"stream of {command!r} on {worker.worker_id} ended without a final message",
             {"worker_id": worker.worker_id},
@@ -160,7 +184,8 @@ class WorkerCalls:
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id)
         try:
-            return generation, getattr(stub, method)(request, timeout=remaining)
+            call = getattr(stub, method)
+            return generation, call(request, timeout=remaining, metadata=tracing.grpc_metadata())
         except ValueError:  # its channel was closed: the worker is being replaced
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id) from None
@@ -251,6 +276,20 @@ def _request(command: str, args: Any, call_id: str, session_id: str) -> pb.Execu
         args=pb.Payload(data=data, encoding=encoding),
         session_id=session_id,
     )
+
+
+def _client_span(worker: AdapterWorker, rpc: str, request: pb.ExecuteRequest) -> Any:
+    """The gRPC hop's client span (its context travels in the call's metadata)."""
+    return tracing.span(f"snakepit.grpc {rpc}", {
+        "rpc.system": "grpc", "rpc.method": rpc, "snakepit.tool": request.tool,
+        "snakepit.worker_id": worker.worker_id, "snakepit.call_id": request.call_id,
+    }, kind="client")
+
+
+def _halted(count: int, labels: dict[str, Any]) -> dict[str, Any]:
+    """What a stream its caller stopped returns."""
+    telemetry.emit(("snakepit", "stream", "halted"), {"chunks": count}, labels)
+    return {"halted": True, "chunks": count}
 
 
 def _has_exited(pid: int) -> bool:

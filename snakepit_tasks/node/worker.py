@@ -10,16 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from .. import processes
+from .. import processes, telemetry
 from .._proto import bridge_pb2 as pb
 from .._proto import bridge_pb2_grpc as pb_grpc
 from ..bridge.limits import MAX_MESSAGE_BYTES
 from ..errors import ConfigurationError
+from . import output
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -73,8 +75,15 @@ class AdapterWorker:
         run_id: str,
         instance: str,
         env: dict[str, str],
+        *,
+        pool: str = "",
+        node: str = "",
+        runtime_args: Sequence[str] = (),
     ) -> None:
         self.worker_id = worker_id
+        self.pool = pool
+        self.node = node
+        self.runtime_args = tuple(runtime_args)
         self.index = index
         self.adapter = adapter
         self.capacity = capacity
@@ -127,6 +136,7 @@ class AdapterWorker:
             self.run_id,
             "--instance",
             self.instance,
+            *self.runtime_args,
         ]
         if self.host_tools_socket:
             cmd += ["--host-tools-socket", self.host_tools_socket]
@@ -136,10 +146,15 @@ class AdapterWorker:
                 env=self.env,
                 pass_fds=(write_fd,),
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,  # into the node's log, tagged (see .output)
+                stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: its children die with it
             )
         finally:
             os.close(write_fd)
+        assert self.process.stdout is not None and self.process.stderr is not None
+        output.forward(self.process.stdout, self.worker_id, "stdout")
+        output.forward(self.process.stderr, self.worker_id, "stderr")
         self._ready_fd = read_fd
         self.generation += 1
         self.state = "starting"
@@ -149,6 +164,12 @@ class AdapterWorker:
         self.rss_bytes = 0
         self.kill_reason = ""
         self.recycle_reason = ""
+        telemetry.emit(("snakepit", "worker", "spawned"), {"system_time": time.time_ns()},
+                       self._labels())
+
+    def _labels(self) -> dict[str, Any]:
+        return {"pool": self.pool, "node": self.node, "worker_id": self.worker_id,
+                "pid": self.pid}
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the runtime serves, or raise WorkerStartError (and stop it)."""
@@ -208,6 +229,9 @@ class AdapterWorker:
         )
         self.tools = {t.name: t for t in describe.tools}
         self.state = "ready"
+        ready_ms = (time.time() - self.started_at) * 1000
+        telemetry.emit(("snakepit", "pool", "worker_ready"), {"duration_ms": ready_ms},
+                       self._labels())
 
     def signal_group(self, sig: int) -> None:
         """Send ``sig`` to the runtime's process group (it and anything it spawned)."""
@@ -220,7 +244,7 @@ class AdapterWorker:
             processes.kill(self.process, group=True)
         self._close_channel()
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float, reason: str = "stopped") -> None:
         """SIGTERM the runtime's group, wait up to ``grace`` seconds, then SIGKILL it."""
         self.state = "stopped"
         if self.process is not None:
@@ -229,6 +253,9 @@ class AdapterWorker:
             if ending.killed:
                 log.warning("worker %s ignored SIGTERM for %.1fs; killed it",
                             self.worker_id, grace)
+            uptime_ms = (time.time() - self.started_at) * 1000
+            telemetry.emit(("snakepit", "worker", "terminated"), {"uptime_ms": uptime_ms},
+                           {**self._labels(), "reason": reason})
         self._close_channel()
 
     def _close_channel(self) -> None:

@@ -16,8 +16,10 @@ from typing import Any
 
 import grpc
 
+from .. import telemetry
 from ..config import PoolConfig, Settings
 from ..hardware import worker_device
+from ..telemetry.logs import level_for
 from . import run_dirs
 from .heartbeat import Heartbeats
 from .registry import ProcessRegistry
@@ -29,6 +31,15 @@ from .worker import AdapterWorker, WorkerStartError, settings_env, worker_env
 __all__ = ["NodeDraining", "WorkerGone", "WorkerSet"]
 
 log = logging.getLogger("snakepit_tasks.node")
+
+
+def runtime_args(settings: Settings) -> list[str]:
+    """What a runtime is told about logging and tracing (it reads no settings itself)."""
+    args = ["--log-level", str(level_for(settings.log_level, settings.log_categories,
+                                         "adapter"))]
+    if settings.otel_enabled:
+        args += ["--otel-setup", settings.otel_setup]
+    return args
 
 
 class WorkerSet:
@@ -75,6 +86,9 @@ class WorkerSet:
                 run_id=run_id,
                 instance=instance,
                 env={**env, **devices[i]},
+                pool=pool.name,
+                node=node_name,
+                runtime_args=runtime_args(settings),
             )
             for i in range(n_workers)
         ]
@@ -116,6 +130,11 @@ class WorkerSet:
         delay_ms = self.pool.startup_batch_delay_ms
         delay = (self.settings.pool_startup_batch_delay_ms if delay_ms is None else delay_ms) / 1000
         timeout = self.settings.pool_startup_timeout / 1000
+        labels = {"pool": self.pool.name, "node": self.node_name, "adapter": self.pool.adapter,
+                  "profile": self.pool.worker_profile}
+        began = time.monotonic()
+        telemetry.emit(("snakepit", "pool", "init_started"), {"workers": len(self.workers)},
+                       labels)
         swept = self.registry.sweep(self.run_id)
         if swept:
             log.warning("killed %d leftover adapter process(es) of earlier runs: %s",
@@ -143,6 +162,9 @@ class WorkerSet:
         except BaseException:
             self.stop(grace=1.0)
             raise
+        done_ms = (time.monotonic() - began) * 1000
+        telemetry.emit(("snakepit", "pool", "init_complete"),
+                       {"workers": len(self.workers), "duration_ms": done_ms}, labels)
         self._supervisor = threading.Thread(
             target=self._supervise, name="snakepit-supervisor", daemon=True
         )
@@ -217,6 +239,10 @@ class WorkerSet:
         if worker.kill_reason:
             how += f" ({worker.kill_reason})"
         log.warning("worker %s (pid %s) %s; restarting it", worker.worker_id, worker.pid, how)
+        telemetry.emit(("snakepit", "worker", "crash"), {"exit_code": code},
+                       {"pool": self.pool.name, "node": self.node_name,
+                        "worker_id": worker.worker_id, "pid": worker.pid, "reason": how,
+                        "signal": status.signal if status else None})
         if self._on_exit:
             self._on_exit(worker, how)
         self._restarts.put((worker, "crash"))
@@ -232,10 +258,19 @@ class WorkerSet:
             worker, reason = item
             backoff = self.settings.crash_barrier_backoff_ms or (100,)
             n = failures.get(worker.worker_id, 0)
+            old_pid, began = worker.pid, time.monotonic()
             if reason == "recycle":
                 log.info("recycling worker %s (pid %s): %s", worker.worker_id, worker.pid,
                          worker.recycle_reason)
-                worker.stop(self.settings.graceful_shutdown_timeout_ms / 1000)
+                telemetry.emit(
+                    ("snakepit", "worker", "recycled"),
+                    {"requests": worker.requests, "rss_bytes": worker.rss_bytes,
+                     "uptime_ms": (time.time() - worker.started_at) * 1000},
+                    {"pool": self.pool.name, "node": self.node_name,
+                     "worker_id": worker.worker_id, "pid": worker.pid,
+                     "reason": worker.recycle_reason},
+                )
+                worker.stop(self.settings.graceful_shutdown_timeout_ms / 1000, "recycle")
             else:
                 pause = self._limit.pause_before(worker.worker_id)
                 if pause:
@@ -263,6 +298,11 @@ class WorkerSet:
                 continue
             failures.pop(worker.worker_id, None)
             log.info("worker %s restarted as pid %s", worker.worker_id, worker.pid)
+            telemetry.emit(("snakepit", "worker", "restarted"),
+                           {"duration_ms": (time.monotonic() - began) * 1000},
+                           {"pool": self.pool.name, "node": self.node_name,
+                            "worker_id": worker.worker_id, "pid": worker.pid,
+                            "old_pid": old_pid, "reason": reason})
             self._watch(worker)
             with self._cond:
                 self._cond.notify_all()

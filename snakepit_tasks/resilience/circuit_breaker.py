@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import redis as redis_lib
 from redis import Redis
 
-from .. import errors, keys, lua
+from .. import errors, keys, lua, telemetry
 from ..config import Settings, load_settings
 from ..connections import redis_client, text
 
@@ -48,6 +48,11 @@ log = logging.getLogger("snakepit_tasks.resilience")
 T = TypeVar("T")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+_TRANSITIONS = {
+    OPEN: ("snakepit", "circuit_breaker", "opened"),
+    HALF_OPEN: ("snakepit", "circuit_breaker", "half_open"),
+    CLOSED: ("snakepit", "circuit_breaker", "closed"),
+}
 
 # The breaker's keys live this long after its last change (longer when reset_timeout is).
 KEY_TTL_MS = 24 * 3600 * 1000
@@ -168,6 +173,9 @@ class CircuitBreaker:
         else:
             why = "reset"
         log.info("circuit %s: %s -> %s (%s)", self.label, before, after, why)
+        if after in _TRANSITIONS:
+            telemetry.emit(_TRANSITIONS[after], {"failures": failures}, {
+                "circuit": self.label, "pool": self.name, "tool": self.tool, "from": before})
 
     def _safely(self, op: str, token: str = "") -> list[Any] | None:
         try:

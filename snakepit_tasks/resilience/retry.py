@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .. import telemetry
 from ..config import Settings
 from ..errors import (
     CircuitOpen,
@@ -134,8 +135,13 @@ class RetryPolicy:
                         "retry exhausted: %d attempt(s) of %s failed; last error: %r",
                         attempt, _name(fn), exc,
                     )
+                    telemetry.emit(("snakepit", "retry", "exhausted"), {"attempts": attempt},
+                                   {"function": _name(fn), "error": type(exc).__name__})
                     raise
                 delay = self.backoff(attempt)
+                telemetry.emit(("snakepit", "retry", "attempt"),
+                               {"attempt": attempt, "delay_ms": delay},
+                               {"function": _name(fn), "error": type(exc).__name__})
                 log.debug(
                     "retry attempt %d of %s failed (%r); next in %.0f ms",
                     attempt, _name(fn), exc, delay,
@@ -145,6 +151,8 @@ class RetryPolicy:
                 continue
             if attempt > 1:
                 log.debug("retry success: %s succeeded on attempt %d", _name(fn), attempt)
+                telemetry.emit(("snakepit", "retry", "success"), {"attempts": attempt},
+                               {"function": _name(fn)})
             return result
 
 

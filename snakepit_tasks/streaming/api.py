@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from .. import connections, keys
+from .. import connections, keys, telemetry
 from ..app import default_app
 from ..call import timeout_seconds
 from ..caller import give_up, guarded, send
@@ -49,8 +49,10 @@ class Stream:
         owner: bool = True,
         async_result: AsyncResult | None = None,
         pool: str | None = None,
+        tool: str | None = None,
     ) -> None:
         self.call_id = call_id
+        self.tool = tool
         self.app = app
         self.deadline = deadline
         self.owner = owner
@@ -91,6 +93,8 @@ class Stream:
         if seq != self._seq + 1:
             self.done = True
             self._reader.unsubscribe(self._key)
+            telemetry.emit(("snakepit", "stream", "truncated"), {"missing": seq - self._seq - 1},
+                           {"call_id": self.call_id})
             raise StreamTruncated(
                 f"chunks {self._seq + 1}..{seq - 1} of stream {self.call_id} were trimmed "
                 "before this reader got them (stream_max_len / stream_retention)",
@@ -116,6 +120,9 @@ class Stream:
             except queue.Empty:
                 pool = self.pool or settings.default_pool_name
                 if give_up(self.app, self.call_id, pool):
+                    telemetry.emit(("snakepit", "call", "queue_timeout"),
+                                   {"timeout_ms": settings.pool_queue_timeout},
+                                   {"call_id": self.call_id, "tool": self.tool, "pool": pool})
                     self.done = True
                     self._reader.unsubscribe(self._key)
                     raise QueueTimeout(
@@ -202,7 +209,7 @@ def stream(
         pool=pool, timeout=timeout, deadline=deadline, stream=True, session_id=session_id,
         affinity=affinity, requires=requires,
     )
-    return Stream(result.id, the_app, deadline, async_result=result, pool=pool)
+    return Stream(result.id, the_app, deadline, async_result=result, pool=pool, tool=command)
 
 
 def execute_stream(

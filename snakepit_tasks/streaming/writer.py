@@ -10,11 +10,11 @@ from typing import Any
 
 import redis
 
-from .. import keys
+from .. import keys, telemetry
 from ..errors import SnakepitError
 from . import entries
 
-log = logging.getLogger("snakepit_tasks.node")
+log = logging.getLogger("snakepit_tasks.streaming")
 
 BATCH = 500
 IDLE_CHECK_SECONDS = 0.2
@@ -39,6 +39,7 @@ class ChunkWriter:
         max_pending: int = 1000,
     ) -> None:
         self.r = r
+        self.call_id = call_id
         self.key = keys.stream(call_id)
         self.cancel_key = keys.stream_cancel(call_id)
         self.ack_key = keys.stream_ack(call_id)
@@ -109,6 +110,15 @@ class ChunkWriter:
         """Backpressure: before writing up to chunk ``upto``, pause (and with the bounded
         queue, gRPC flow control pauses the tool) until the reader is within the window, it
         goes away, or the call is cancelled. The stream is then never trimmed under it."""
+        began = time.monotonic()
+        try:
+            self._wait_within_window(upto)
+        finally:
+            telemetry.emit(("snakepit", "stream", "backpressure"),
+                           {"waited_ms": (time.monotonic() - began) * 1000},
+                           {"call_id": self.call_id})
+
+    def _wait_within_window(self, upto: int) -> None:
         while not self.cancelled.is_set():
             time.sleep(0.02)
             try:
