@@ -118,7 +118,7 @@ class Janitor:
                 self._forget_workers(name)
             backlog[name] = self._drain(name)
         if dead:
-            self._recover_unacked(set(dead))
+            self._recover_unacked(set(dead), max(watched[n] for n in dead))
         for name, since in watched.items():
             if name in dead and now - since > self.node.settings.visibility_timeout + 60:
                 self._forget_sessions(name)
@@ -144,9 +144,20 @@ class Janitor:
                 self._handle(bytes(raw), started=False)
         return count
 
-    def _recover_unacked(self, dead: set[str]) -> None:
+    def _recover_unacked(self, dead: set[str], seen_dead_at: float) -> None:
         """Messages a dead node had taken but not acknowledged: decide now rather than when
-        Redis restores them after visibility_timeout."""
+        Redis restores them after visibility_timeout.
+
+        A message with no call state at all was pulled from a queue by a node that died before
+        it marked the call (a live node marks or starts a call moments after it receives it):
+        one from this pool's queues, delivered before the latest death was seen and longer
+        ago than a lease lasts, is re-routed too. Should a live node hold it after all,
+        start_call.lua still lets only one of the two copies start."""
+        index: Any = self.r.zrange(kombu_redis.UNACKED_INDEX, 0, -1, withscores=True)
+        delivered: dict[Any, float] = dict(index)
+        lease_s = self.node.settings.node_lease_ttl_ms / 1000
+        stale_before = min(seen_dead_at, time.time() - lease_s)
+        queues = {keys.pool_queue(self.pool), *(keys.node_queue(n) for n in dead)}
         for tag, entry in self.r.hgetall(kombu_redis.UNACKED).items():
             try:
                 raw = kombu_redis.unacked_message(entry)
@@ -162,7 +173,10 @@ class Janitor:
             queued_for_dead = bool(call.worker) and any(
                 (call.worker or "").startswith(n + "/") for n in dead
             )
-            if owner not in dead and taker not in dead and not (
+            abandoned = not call_state and _routing_key(message) in queues and (
+                delivered.get(tag, float("inf")) < stale_before
+            )
+            if owner not in dead and taker not in dead and not abandoned and not (
                 owner is None and queued_for_dead
             ):
                 continue
@@ -231,3 +245,11 @@ class Janitor:
         for info in session_store.list_sessions(self.r, self.pool):
             if info.get("node") == node:
                 session_store.unbind(self.r, info["session_id"])
+
+
+def _routing_key(message: dict[str, Any]) -> str:
+    """The queue a kombu envelope was delivered from ('' when it does not say)."""
+    properties = message.get("properties")
+    info = properties.get("delivery_info") if isinstance(properties, dict) else None
+    key = info.get("routing_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else ""
