@@ -2,9 +2,10 @@
 
 A dead node's queue is consumed by nobody, and Redis restores its unacknowledged messages
 back into queues after ``visibility_timeout``. For every such message the janitor either
-re-routes it to the pool queue (safe: not started, and no strict session), or fails it in the
-result backend (and to a waiting caller) with SessionWorkerUnavailable or WorkerCrashed, so
-nobody waits on PENDING for ever. It keeps watching a dead node's queue for
+drops it (the call had its outcome before the node died), re-routes it to the pool queue
+(safe: not started, and no strict session), or fails it in the result backend (and to a
+waiting caller) with SessionWorkerUnavailable or WorkerCrashed, so nobody waits on PENDING for
+ever and no call gets a second outcome. It keeps watching a dead node's queue for
 ``visibility_timeout`` after the death (then removes its session bindings), clears its taints
 and busy counts, and records the backlog it found.
 """
@@ -15,6 +16,8 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+
+from celery import states
 
 from .. import connections, keys, kombu_redis, lua, replies, session_store
 from ..call import Call
@@ -168,7 +171,7 @@ class Janitor:
             call_id = kombu_redis.message_id(message)
             call_state = connections.text(self.r.get(keys.call_state(call_id)) or b"")
             kind, _, holder = call_state.partition(":")
-            owner = holder if kind == "started" else None  # the node that ran it
+            owner = holder if kind in ("started", "done") else None  # the node that ran it
             taker = holder if kind == "taken" else None  # the node that held it, not started
             queued_for_dead = bool(call.worker) and any(
                 (call.worker or "").startswith(n + "/") for n in dead
@@ -186,9 +189,12 @@ class Janitor:
                 pipe.zrem(kombu_redis.UNACKED_INDEX, tag)
                 removed = pipe.execute()[0]
             if removed:
-                self._handle(raw, started=owner is not None, taken_by=taker)
+                self._handle(raw, started=owner is not None, taken_by=taker,
+                             finished=kind == "done")
 
-    def _handle(self, raw: bytes, *, started: bool, taken_by: str | None = None) -> None:
+    def _handle(
+        self, raw: bytes, *, started: bool, taken_by: str | None = None, finished: bool = False
+    ) -> None:
         try:
             message, kwargs = kombu_redis.decode_message(raw)
             call = Call.parse((), kwargs)
@@ -196,6 +202,15 @@ class Janitor:
             log.error("janitor: dropping an undecodable message (%s): %r", exc, raw[:200])
             return
         call_id = kombu_redis.message_id(message)
+        if started and self._has_outcome(call_id, call, finished=finished):
+            log.info("janitor: call %s (%s) had its outcome before its node died; dropped its "
+                     "message", call_id, call.command)
+            return
+        if finished:  # ran, but its node died before Celery stored the result
+            self._fail(call_id, call, WorkerCrashed(
+                f"the node that ran call {call.command!r} died before its result was stored; "
+                "it is not run again", {"call_id": call_id}))
+            return
         session_id = call.session_id
         if session_id and call.affinity in ("strict_queue", "strict_fail_fast"):
             self._fail(call_id, call, SessionWorkerUnavailable(
@@ -217,6 +232,23 @@ class Janitor:
             pool_queue, kombu_redis.encode_message(message, rerouted.to_kwargs(), pool_queue)
         )
         log.info("janitor: re-routed call %s (%s) to %s", call_id, call.command, pool_queue)
+
+    def _has_outcome(self, call_id: str, call: Call, *, finished: bool) -> bool:
+        """Whether a call that a dead node started already has its one outcome: stored in the
+        result backend, a stream's final entry (then stored in the backend too, so every reader
+        agrees), or a direct reply pushed when it finished (``done:<node>``)."""
+        if self.app.backend.get_task_meta(call_id, cache=False)["status"] in states.READY_STATES:
+            return True
+        if call.stream:
+            last: Any = self.r.xrevrange(keys.stream(call_id), count=1)
+            fields: dict[bytes, bytes] = last[0][1] if last else {}
+            if entries.FINAL in fields:
+                try:
+                    self.app.backend.mark_as_done(call_id, entries.outcome(fields))
+                except SnakepitError as exc:
+                    self.app.backend.mark_as_failure(call_id, exc)
+                return True
+        return finished and call.reply
 
     def _fail(self, call_id: str, call: Call, exc: SnakepitError) -> None:
         log.warning("janitor: failing call %s: %s", call_id, exc)

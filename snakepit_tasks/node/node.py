@@ -295,6 +295,7 @@ class Node:
                 errors=1 if failure else 0,
                 requests=0 if requeued else 1,
                 busy_worker=last.worker_id if last is not None else None,
+                ran=None if requeued else call_id,
             )
 
     def _execute_guarded(self, held: list[AdapterWorker], command: str, args: Any,
@@ -377,10 +378,13 @@ class Node:
         errors: int = 0,
         requests: int = 1,
         busy_worker: str | None = None,
+        ran: str | None = None,
     ) -> None:
-        """One round trip after a call: counters, busy count, and the caller's reply."""
+        """One round trip after a call: counters, busy count, the caller's reply, and for a
+        call that ran (``ran``: its id) the state ``done:<node>``, so a janitor never gives a
+        call that had its outcome another one (all or nothing: MULTI/EXEC)."""
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:
                 if requests:
                     pipe.hincrby(keys.pool_stats(self.pool.name), "requests", requests)
                 if errors:
@@ -389,6 +393,8 @@ class Node:
                     pipe.hincrby(keys.busy(self.name), busy_worker, -1)
                 if reply_to:
                     replies.push(pipe, reply_to, replies.encode_outcome(result, failure))
+                if ran:
+                    pipe.set(keys.call_state(ran), f"done:{self.name}", xx=True, keepttl=True)
                 pipe.execute()
         except Exception:  # bookkeeping must never fail a call; the backend still has it
             log.warning("could not record the end of call %s", reply_to, exc_info=True)

@@ -23,24 +23,25 @@ class WhoAmIAdapter(BaseAdapter):
         }
 
 
-def _record_run(path: str, call_id: str) -> None:
-    """Append one line per run: O_APPEND writes this small are atomic, so runs in several
-    processes at once never mix their lines."""
+def _record_run(path: str, call_id: str, tag: Any) -> None:
+    """Append one line per run, ``<call id> <tag>``: O_APPEND writes this small are atomic, so
+    runs in several processes at once never mix their lines."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, f"{call_id}\n".encode())
+        os.write(fd, f"{call_id} {tag}\n".encode())
     finally:
         os.close(fd)
 
 
 class RecordingAdapter(ShowcaseAdapter):
-    """The showcase tools plus tools that record every run (the call's id, one line each, in
-    the file ``runs``) before they do anything: a test counts how often each call ran."""
+    """The showcase tools plus tools that record every run (the call's id and ``value``, one
+    line each, in the file ``runs``) before they do anything: a test counts how often each
+    call ran, and finds the runs of a call whose id it never learnt by its ``value``."""
 
     @tool(description="Record this run, sleep, then return the value (not idempotent)")
     def record(self, runs: str, value: Any = None, seconds: float = 0.0) -> dict[str, Any]:
         call_id = self.session_context.call_id
-        _record_run(runs, call_id)
+        _record_run(runs, call_id, value)
         if seconds:
             time.sleep(float(seconds))
         return {"call_id": call_id, "value": value, "pid": os.getpid(),
@@ -58,12 +59,12 @@ class RecordingAdapter(ShowcaseAdapter):
     @tool(description="Record this run, then yield n chunks (not idempotent)",
           supports_streaming=True)
     def record_stream(
-        self, runs: str, n: int = 3, delay: float = 0.0
+        self, runs: str, value: Any = None, n: int = 3, delay: float = 0.0
     ) -> Generator[dict[str, Any], None, dict[str, Any]]:
         call_id = self.session_context.call_id
-        _record_run(runs, call_id)
+        _record_run(runs, call_id, value)
         for i in range(1, int(n) + 1):
             if delay:
                 time.sleep(float(delay))
             yield {"i": i}
-        return {"call_id": call_id, "count": int(n), "pid": os.getpid()}
+        return {"call_id": call_id, "value": value, "count": int(n), "pid": os.getpid()}

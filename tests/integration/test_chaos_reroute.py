@@ -66,7 +66,8 @@ def taken_by(r: Any, node: NodeHandle) -> set[str]:
 
 
 def runs(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
+    """The call ids the recording tool saw, one per run."""
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def kill(n: NodeHandle) -> list[int]:
@@ -156,12 +157,12 @@ def test_a_call_re_routed_twice_while_waiting_for_a_slot_gets_its_real_result(
     caller.join(BOUND)
     assert not caller.is_alive(), "the synchronous caller still waits"
     got = {sent.id: result, sync_id: sync_got[0]}
-    for call_id, value in (("async", sent.id), ("sync", sync_id)):
-        res = got[value]
-        assert isinstance(res, dict), f"{call_id} call: {res!r}"
-        assert res["call_id"] == value and res["value"] == call_id, res
+    for how, call_id in (("async", sent.id), ("sync", sync_id)):
+        res = got[call_id]
+        assert isinstance(res, dict), f"{how} call: {res!r}"
+        assert res["call_id"] == call_id and res["value"] == how, res
         assert res["worker_id"].startswith(c.name + "/"), res
-        assert call_state(r, value) == f"started:{c.name}"
+        assert call_state(r, call_id) == f"done:{c.name}"
 
     # The backend says the same (the async call); the synchronous one left no contrary entry.
     assert app.AsyncResult(sent.id).state == "SUCCESS"
