@@ -1,13 +1,13 @@
-"""Chaos: a node that dies after a call's outcome is out, but before kombu acknowledged its
-message, gives the call no second outcome.
+"""Chaos in the windows a signal cannot hit on purpose: a node that dies right after it
+pulled a message from its queue (before it marked the call), or right after a call's outcome
+was out (before kombu acknowledged its message).
 
-The window (microseconds between the node's last write and the ack) cannot be hit on purpose
-with a signal, so the death is staged: a call runs to its end on a real node A; then its
-message is put back into kombu's unacked hash as if a node "ghost" had held it and died (the
-call state A left, renamed to the ghost, a member of the pool with no lease). The janitor on A
-takes over the ghost's messages. It must leave the outcome the caller got alone: no
-WorkerCrashed over a stored SUCCESS, no second direct reply, and for a stream whose result
-never reached the backend, the stream's own final result stored there (not a failure).
+Both deaths are staged: a real node A serves the pool; a message is put into kombu's unacked
+hash as if a node "ghost" had pulled it and died (a member of the pool with no lease, and the
+call state it would have left). The janitor on A takes over the ghost's messages. A call that
+was only pulled must be re-routed and run once; a call that had its outcome must keep it: no
+second direct reply, no failure over a stored SUCCESS, and for a stream whose result never
+reached the backend, the stream's own final result stored there.
 """
 
 from __future__ import annotations
@@ -53,10 +53,15 @@ class Ghost:
         self.r = redis_of(n)
         self.name = f"{n.pool}-ghost@itest"
 
-    def held(self, call_id: str, delivery: bytes, entry: bytes, state: str) -> None:
-        """Put the message back as the ghost's, with call state ``state`` (of A) as its."""
+    def held(self, call_id: str, delivery: bytes, entry: bytes, state: str | None) -> None:
+        """Put the message in kombu's unacked hash as the ghost's, with call state ``state``
+        (of A) as its (None: no state)."""
         r = self.r
-        r.set(keys.call_state(call_id), state.replace(self.node.name, self.name), px=120_000)
+        if state is None:
+            r.delete(keys.call_state(call_id))
+        else:
+            r.set(keys.call_state(call_id), state.replace(self.node.name, self.name),
+                  px=120_000)
         r.hset(kombu_redis.UNACKED, delivery, entry)
         r.zadd(kombu_redis.UNACKED_INDEX, {delivery: time.time() - 60})
 
@@ -147,4 +152,46 @@ def test_calls_whose_node_died_after_their_outcome_keep_that_one_outcome(
         assert sorted(runs) == sorted(ids.values())  # once each, none re-run
         assert sp.get_stats(pool, app=app)["errors"] == 0
     finally:
+        ghost.forget()
+
+
+def test_a_message_a_node_pulled_but_died_before_marking_is_re_routed(
+    chaos_node: Any, make_app: Any, tmp_path: Path
+) -> None:
+    pool = unique_pool("ld")
+    fields = {"adapter": RECORDING, "adapter_env": WHOAMI_ENV}
+    app = make_app(pool_table(pool, **fields), pool_queue_timeout=60_000)
+    a = start_serving(chaos_node, app, 1, pool=pool, env={"SNAKEPIT_POOL_QUEUE_TIMEOUT": "60000"},
+                      **fields)
+    r = redis_of(a)
+    log, release = tmp_path / "runs.txt", tmp_path / "release"
+    queue = keys.pool_queue(pool)
+
+    # A's worker held, A's second thread waiting with one call: the next stays in the queue.
+    hold = sp.execute_async("hold", {"flag": str(release)}, timeout=60, app=app)
+    waiting = sp.execute_async("record", {"runs": str(log), "value": "waiting"}, timeout=60,
+                               app=app)
+    wait_until(lambda: state_of(r, waiting.id) == f"taken:{a.name}", timeout=30,
+               message="A's second thread waiting with a call")
+    pulled = sp.execute_async("record", {"runs": str(log), "value": "pulled"}, timeout=60,
+                              app=app)
+    raw = wait_until(lambda: r.rpop(queue), timeout=30, message="the call in the pool queue")
+
+    # The ghost pulled it (kombu moved it to the unacked hash) and died before marking it.
+    ghost = Ghost(a)
+    delivery = b"ghost-delivery-" + pulled.id.encode()
+    try:
+        entry = json.dumps([json.loads(raw), keys.EXCHANGE, queue]).encode()
+        ghost.held(pulled.id, delivery, entry, None)
+        ghost.dies()
+        ghost.swept(delivery)
+        release.touch()
+        assert hold.get(timeout=30)["released"] is True
+        assert waiting.get(timeout=30)["value"] == "waiting"
+        result = pulled.get(timeout=30)
+        assert result["call_id"] == pulled.id and result["value"] == "pulled"
+        runs = [line.split()[0] for line in log.read_text().splitlines()]
+        assert sorted(runs) == sorted([waiting.id, pulled.id])
+    finally:
+        release.touch()
         ghost.forget()
