@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench proto clean
+.PHONY: demo test lint typecheck unit integration bench proto clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -19,13 +19,17 @@ demo: $(STAMP)
 	$(BIN)/snakepit-tasks demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check snakepit_tasks adapters tests bench
+	$(BIN)/ruff check snakepit_tasks adapters tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck browser
 	$(BIN)/pytest tests
+
+# Headless chromium + chromedriver for the browser tests (apt-get as root; required in CI).
+browser:
+	bash .ci/install-browser
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -86,6 +86,13 @@ class ShowcaseAdapter(BaseAdapter):
             "worker_id": self.session_context.worker_id,
         }
 
+    @tool(description="SHA-256 of data, computed by the host tool calculate_hash")
+    def hash_via_host(self, data: str) -> dict[str, Any]:
+        # calculate_hash runs wherever it was registered (sp.register_host_tool), or in the
+        # node when the pool's configuration names it in host_tools.
+        digest = self.session_context.call_host_tool("calculate_hash", {"data": data})
+        return {"hash": digest, "pid": os.getpid(), "worker_id": self.session_context.worker_id}
+
     @tool(description="Yield n chunks, optionally pausing between them", supports_streaming=True)
     def stream_count(
         self, n: int = 5, delay: float = 0.0
@@ -95,6 +102,18 @@ class ShowcaseAdapter(BaseAdapter):
                 time.sleep(float(delay))
             yield {"i": i, "of": n}
         return {"count": int(n), "pid": os.getpid(), "worker_id": self.session_context.worker_id}
+
+    @tool(description="Process a list of items one by one, yielding progress after each",
+          supports_streaming=True)
+    def batch_process(
+        self, items: list[Any], delay: float = 0.0
+    ) -> Generator[dict[str, Any], None, dict[str, Any]]:
+        total = len(items)
+        for done, item in enumerate(items, 1):
+            if delay:
+                time.sleep(float(delay))
+            yield {"done": done, "total": total, "item": item, "result": str(item).upper()}
+        return {"processed": total, "pid": os.getpid(), "worker_id": self.session_context.worker_id}
 
     @tool(description="Yield n chunks, then raise", supports_streaming=True)
     def stream_fail(self, n: int = 2, message: str = "stream broke") -> Iterator[dict[str, Any]]:

@@ -19,6 +19,11 @@ _EXPORTS = {
     "sessions": "snakepit_tasks.sessions",
     "serialization": "snakepit_tasks.serialization",
     "hardware": "snakepit_tasks.hardware",
+    "HostToolSpec": "snakepit_tasks.host_tools.spec",
+    "host_tool": "snakepit_tasks.host_tools.api",
+    "list_host_tools": "snakepit_tasks.host_tools.api",
+    "register_host_tool": "snakepit_tasks.host_tools.api",
+    "unregister_host_tool": "snakepit_tasks.host_tools.api",
     "SnakepitError": "snakepit_tasks.errors",
     "PoolConfig": "snakepit_tasks.config",
     "Settings": "snakepit_tasks.config",
@@ -55,6 +60,7 @@ __all__ = [
     "CircuitBreaker",
     "HALT",
     "HealthMonitor",
+    "HostToolSpec",
     "PoolConfig",
     "RetryPolicy",
     "Settings",
@@ -76,8 +82,11 @@ __all__ = [
     "get_result",
     "get_stats",
     "hardware",
+    "host_tool",
+    "list_host_tools",
     "list_workers",
     "load_settings",
+    "register_host_tool",
     "run_as_script",
     "serialization",
     "sessions",
@@ -85,6 +94,7 @@ __all__ = [
     "stream",
     "stream_in_session",
     "stream_result",
+    "unregister_host_tool",
     "wait",
 ]
 
@@ -119,6 +129,13 @@ if TYPE_CHECKING:
     )
     from .config import PoolConfig, Settings, load_settings
     from .errors import SnakepitError
+    from .host_tools.api import (
+        host_tool,
+        list_host_tools,
+        register_host_tool,
+        unregister_host_tool,
+    )
+    from .host_tools.spec import HostToolSpec
     from .local_pools import cleanup, run_as_script, start_pools
     from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, executor
     from .streaming.api import (

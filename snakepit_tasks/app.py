@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from click import Option
 
-from . import keys
+from . import beat, keys
 from .config import Settings, load_settings
 from .execute_task import EXECUTE, ExecuteTask
 from .queues import EXCHANGE, declare_queue
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, *, main: str = "snakepit_tasks"
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    app.on_after_configure.connect(beat.defaults_for(settings), weak=False)
     app.snakepit_settings = settings
     app.user_options["worker"].add(
         Option(

@@ -10,7 +10,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from . import connections, dead_letters, keys, kombu_redis, lua, pool_state, replies
+from . import connections, dead_letters, fast_lane, keys, kombu_redis, lua, pool_state, replies
 from .app import default_app
 from .call import TASK_NAME, timeout_seconds
 from .errors import ConfigurationError, ExecutionTimeout, QueueTimeout
@@ -147,7 +147,10 @@ def _run_and_wait(
     **options: Any,
 ) -> Any:
     def once() -> Any:
-        with connections.redis_errors_as_snakepit(f"running {command!r}"):
+        settings = app.snakepit_settings
+        with connections.redis_errors_as_snakepit(
+            f"running {command!r}", settings.redis_url, settings.broker
+        ):
             return guarded(
                 app,
                 options.get("pool"),
@@ -178,29 +181,34 @@ def _send_and_wait(
     settings = app.snakepit_settings
     seconds = timeout_seconds(options.get("timeout"), settings.default_command_timeout)
     deadline = time.time() + seconds
+    kwargs = {**options, "deadline": deadline, "reply": True}
     # The reply comes straight back through Redis: no result-backend entry, no per-call
     # subscription (both cost round trips and serialise threaded callers).
-    result = app.tasks[TASK_NAME].apply_async(
-        (command, args), {**options, "deadline": deadline, "reply": True}, ignore_result=True
-    )
+    result: AsyncResult | None = None
+    if settings.fast_lane:
+        call_id = fast_lane.send(settings, (command, args), kwargs)
+    else:
+        result = app.tasks[TASK_NAME].apply_async((command, args), kwargs, ignore_result=True)
+        call_id = result.id
     r = connections.redis_client(settings.redis_url)
     queue_deadline = time.time() + settings.pool_queue_timeout / 1000
     if queue_deadline < deadline:
-        body = replies.pop(r, result.id, queue_deadline)
+        body = replies.pop(r, call_id, queue_deadline)
         if body is not None:
             return replies.outcome(body)
-        if give_up(app, result.id, options.get("pool") or settings.default_pool_name):
+        if give_up(app, call_id, options.get("pool") or settings.default_pool_name):
             raise QueueTimeout(
                 f"no worker took call {command!r} within pool_queue_timeout "
                 f"({settings.pool_queue_timeout} ms); it will not run",
-                {"task_id": result.id},
+                {"task_id": call_id},
             )
-    body = replies.pop(r, result.id, deadline + RESULT_GRACE_SECONDS)
+    body = replies.pop(r, call_id, deadline + RESULT_GRACE_SECONDS)
     if body is None:
-        result.revoke()
+        if result is not None:
+            result.revoke()
         raise ExecutionTimeout(
-            f"no result for call {command!r} ({result.id}) within {seconds}s",
-            {"task_id": result.id},
+            f"no result for call {command!r} ({call_id}) within {seconds:g} s (its timeout)",
+            {"task_id": call_id, "timeout": seconds},
         )
     return replies.outcome(body)
 
@@ -246,8 +254,12 @@ def get_stats(pool: str | None = None, *, app: Celery | None = None) -> dict[str
     workers = [w for n in nodes for w in n["workers"]]
     ready = [w for w in workers if w["state"] == "ready"]
     busy = sum(1 for w in ready if w["inflight"] >= w["capacity"])
-    queued = kombu_redis.queue_length(r, keys.pool_queue(pool)) + sum(
-        kombu_redis.queue_length(r, keys.node_queue(n["name"])) for n in nodes
+    queued = kombu_redis.queue_length(r, keys.pool_queue(pool)) + int(
+        r.llen(keys.fast_pool_queue(pool))
+    ) + sum(
+        kombu_redis.queue_length(r, keys.node_queue(n["name"]))
+        + int(r.llen(keys.fast_node_queue(n["name"])))
+        for n in nodes
     )
     return {
         "pool": pool,

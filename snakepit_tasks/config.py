@@ -9,6 +9,7 @@ Nothing is read at import time: call :func:`load_settings`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -41,6 +42,8 @@ class PoolConfig:
     startup_batch_delay_ms: int | None = None
     workers_per_node: int = 0
     adapter_env: dict[str, str] = field(default_factory=dict)
+    # Global host tools ("module:function"): run inside the node, visible to every session
+    host_tools: tuple[str, ...] = ()
 
     @property
     def capacity(self) -> int:
@@ -125,6 +128,13 @@ class Settings:
     max_result_bytes: int = 64 * 1024 * 1024
     # Broker: seconds before Redis re-delivers an unacknowledged message
     visibility_timeout: int = 3_600
+    # Synchronous calls (execute, execute_in_session) travel over Redis lists to the node
+    # instead of Celery's task protocol; execute_async/.delay/canvas/beat stay on Celery
+    fast_lane: bool = True
+    # Host tools: the longest a node waits for a host tool's answer (never past the call's
+    # own deadline); registrants hold a lease of node_lease_ttl_ms, refreshed every
+    # node_lease_interval_ms
+    host_tool_timeout_ms: int = 30_000
     # Celery events for Flower
     task_events: bool = False
 
@@ -186,24 +196,91 @@ _POOL_HINTS = typing.get_type_hints(PoolConfig)
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Settings from the TOML file, then ``SNAKEPIT_*`` variables, then ``overrides``."""
+    path, table, from_file = _read_file(config_file)
+    where = f"{table} in {str(path)!r}" if table else f"config file {str(path)!r}"
+    _check_names(from_file, where)
+    _check_names(overrides, "keyword arguments")
     values: dict[str, Any] = {}
-    values.update(_read_file(config_file))
+    values.update(from_file)
     values.update(_read_env(os.environ))
     values.update(overrides)
-    return _build(values)
+    try:
+        return _build(values)
+    except ConfigurationError as exc:
+        if path is None or str(path) in exc.message:
+            raise
+        raise type(exc)(f"{exc.message} (settings read from {where})", exc.details) from None
 
 
-def _read_file(config_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where :func:`load_settings` reads its settings from (for doctor, status, errors)."""
+
+    #: The TOML file read, or None when only defaults and the environment apply.
+    file: Path | None
+    #: The table the settings are in ("" for a whole file, "[tool.snakepit]" for pyproject).
+    table: str
+    #: The ``SNAKEPIT_*`` variables that set a setting.
+    env: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line: the file (or that there is none) and the variables that apply."""
+        if self.file is None:
+            text = ("no configuration file (SNAKEPIT_CONFIG is unset and ./pyproject.toml has "
+                    "no [tool.snakepit]): defaults")
+            if "SNAKEPIT_POOLS" not in self.env:
+                text += ", one pool 'default' on the showcase adapter"
+        elif self.table:
+            text = f"{self.table} in {self.file}"
+        else:
+            text = f"file {self.file}"
+        if self.env:
+            text += "; environment: " + ", ".join(self.env)
+        return text
+
+
+def config_source(config_file: str | os.PathLike[str] | None = None) -> ConfigSource:
+    """Where ``load_settings(config_file)`` would read from, without validating anything."""
+    path = config_file or os.environ.get("SNAKEPIT_CONFIG")
+    file: Path | None = None
+    table = ""
+    if path:
+        file = Path(path).resolve()
+    else:
+        pyproject = Path.cwd() / "pyproject.toml"
+        try:
+            has_table = bool(tomllib.loads(pyproject.read_text()).get("tool", {}).get("snakepit"))
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            has_table = False
+        if has_table:
+            file, table = pyproject, "[tool.snakepit]"
+    names = [*_SETTING_FIELDS, *REMOVED_SETTINGS]
+    env = tuple(
+        f"SNAKEPIT_{n.upper()}" for n in names if os.environ.get(f"SNAKEPIT_{n.upper()}")
+    )
+    return ConfigSource(file, table, env)
+
+
+def _read_file(
+    config_file: str | os.PathLike[str] | None,
+) -> tuple[Path | None, str, dict[str, Any]]:
+    """(the file read, its table, the settings in it); (None, "", {}) when there is none."""
     path = config_file or os.environ.get("SNAKEPIT_CONFIG")
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigurationError(f"config file {str(p)!r} does not exist", {"path": str(p)})
-        return _parse_toml(p, table=None)
+            raise ConfigurationError(
+                f"config file {str(p)!r} does not exist (SNAKEPIT_CONFIG or --config names "
+                "it); fix the path, or unset it to run on defaults",
+                {"path": str(p)},
+            )
+        return p, "", _parse_toml(p, table=None)
     pyproject = Path.cwd() / "pyproject.toml"
     if pyproject.is_file():
-        return _parse_toml(pyproject, table=("tool", "snakepit"))
-    return {}
+        values = _parse_toml(pyproject, table=("tool", "snakepit"))
+        if values:
+            return pyproject, "[tool.snakepit]", values
+    return None, "", {}
 
 
 def _parse_toml(path: Path, table: tuple[str, ...] | None) -> dict[str, Any]:
@@ -216,6 +293,40 @@ def _parse_toml(path: Path, table: tuple[str, ...] | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigurationError(f"{str(path)!r}: expected a table of settings")
     return dict(data)
+
+
+def suggest(name: str, known: typing.Iterable[str]) -> str:
+    """``name`` with a "did you mean" for the closest of ``known`` (difflib), if any is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+def _check_names(values: typing.Mapping[str, Any], where: str = "") -> None:
+    """Raise for removed or unknown setting names in ``values`` (read from ``where``)."""
+    at = f" in {where}" if where else ""
+    removed = sorted(set(values) & set(REMOVED_SETTINGS))
+    if removed:
+        raise ConfigurationError(
+            "; ".join(f"setting {n!r} is no longer used: {REMOVED_SETTINGS[n]}; remove it{at}"
+                      for n in removed),
+            {"removed": removed},
+        )
+    unknown = sorted(set(values) - set(_SETTING_FIELDS))
+    if unknown:
+        named = []
+        for n in unknown:
+            value = values[n]
+            if isinstance(value, list) and all(isinstance(v, dict) for v in value) and (
+                difflib.get_close_matches(n, ["pools"], n=1, cutoff=0.6)
+            ):
+                named.append(f"[[{n}]] (did you mean [[pools]]?)")
+            else:
+                named.append(suggest(n, _SETTING_FIELDS))
+        raise ConfigurationError(
+            f"unknown setting(s){at}: {', '.join(named)}; the settings are the fields of "
+            "snakepit_tasks.config.Settings",
+            {"unknown": unknown},
+        )
 
 
 def _read_env(env: typing.Mapping[str, str]) -> dict[str, Any]:
@@ -298,7 +409,8 @@ def _build_pool(raw: Any, index: int) -> PoolConfig:
     unknown = sorted(set(raw) - set(_POOL_FIELDS))
     if unknown:
         raise ConfigurationError(
-            f"pools[{index}]: unknown key(s) {', '.join(unknown)}; known: "
+            f"pools[{index}]: unknown key(s) "
+            f"{', '.join(suggest(k, _POOL_FIELDS) for k in unknown)}; known: "
             + ", ".join(_POOL_FIELDS),
             {"unknown": unknown},
         )
@@ -322,24 +434,18 @@ def _build_pool(raw: Any, index: int) -> PoolConfig:
         raise ConfigurationError(
             f"{where}: adapter must be 'module:Class', got {pool.adapter!r}"
         )
+    for spec in pool.host_tools:
+        if spec.count(":") != 1 or not all(spec.partition(":")[::2]):
+            raise ConfigurationError(
+                f"{where}: host_tools entries must be 'module:function', got {spec!r}"
+            )
     if pool.pool_size < 1 or pool.threads_per_worker < 1:
         raise ConfigurationError(f"{where}: pool_size and threads_per_worker must be >= 1")
     return pool
 
 
 def _build(values: dict[str, Any]) -> Settings:
-    removed = sorted(set(values) & set(REMOVED_SETTINGS))
-    if removed:
-        raise ConfigurationError(
-            "; ".join(f"setting {n!r} is no longer used: {REMOVED_SETTINGS[n]}; remove it"
-                      for n in removed),
-            {"removed": removed},
-        )
-    unknown = sorted(set(values) - set(_SETTING_FIELDS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown setting(s): {', '.join(unknown)}", {"unknown": unknown}
-        )
+    _check_names(values)
     checked: dict[str, Any] = {}
     for name, value in values.items():
         if name == "pools":
@@ -355,6 +461,10 @@ def _build(values: dict[str, Any]) -> Settings:
     if dupes:
         raise ConfigurationError(f"pool name(s) used twice: {', '.join(dupes)}")
     settings = Settings(**checked)
+    if settings.host_tool_timeout_ms < 1:
+        raise ConfigurationError(
+            f"host_tool_timeout_ms must be >= 1, got {settings.host_tool_timeout_ms}"
+        )
     if settings.affinity not in AFFINITY_MODES:
         raise ConfigurationError(
             f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {settings.affinity!r}"

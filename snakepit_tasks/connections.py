@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import redis
 
 from .errors import RedisUnavailable
+from .serialization.redact import redact
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
@@ -31,18 +32,35 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def shown(url: str) -> str:
+    """``url`` as it may appear in messages and logs: its password redacted."""
+    return redact(url)
+
+
 @contextlib.contextmanager
-def redis_errors_as_snakepit(doing: str) -> Iterator[None]:
-    """Turn a lost Redis or broker connection into :class:`RedisUnavailable`."""
+def redis_errors_as_snakepit(
+    doing: str,
+    redis_url: str = "",
+    broker_url: str = "",
+    *,
+    outcome: str = "the call may or may not have been sent",
+) -> Iterator[None]:
+    """Turn a lost Redis or broker connection into :class:`RedisUnavailable` that names the
+    URL it could not reach (password redacted) and, if given, what it means (``outcome``)."""
     from kombu.exceptions import OperationalError
 
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+        is_broker = isinstance(exc, OperationalError) and broker_url
+        url = broker_url if is_broker else redis_url
+        what = ("the broker" if is_broker and broker_url != redis_url else "Redis") + (
+            f" at {shown(url)}" if url else "")
         raise RedisUnavailable(
-            f"Redis could not be reached while {doing}: {exc}; check that it is running "
-            "(the call may or may not have been sent)",
-            {"error": str(exc)},
+            f"{what} could not be reached while {doing}: {redact(str(exc))}; check that it "
+            "runs and that redis_url (SNAKEPIT_REDIS_URL or the configuration file) points at "
+            "it" + (f" ({outcome})" if outcome else ""),
+            {"error": redact(str(exc)), "url": shown(url)},
         ) from None
 
 

@@ -1,4 +1,5 @@
-"""``snakepit-tasks demo``: a pool of showcase workers, a few calls, then a clean stop."""
+"""``snakepit-tasks demo``: a pool of showcase workers, calls, a session, a stream, then a
+clean stop; nothing of Celery's own output shows."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import time
 from typing import Any
 
 from . import app as app_module
-from . import caller, processes
+from . import caller, processes, sessions
 from .config import PoolConfig, load_settings
 from .embedded_redis import EmbeddedRedis
 from .errors import SnakepitError
+from .streaming.api import stream
 
 #: How long the demo's node gets to stop on SIGTERM before SIGKILL.
 NODE_STOP_SECONDS = 30.0
@@ -83,10 +85,26 @@ def run_demo(pool_size: int = 2) -> int:
             polls += 1
             time.sleep(0.05)
         _say(f"polled {polls} times, then .get()", result.get())
+
+        print("\nsessions (the worker that holds a session's state serves its calls)", flush=True)
+        stored = caller.execute_in_session(
+            "demo-user", "remember", {"key": "colour", "value": "blue"}, app=app)
+        _say("execute_in_session('demo-user', 'remember', {'key': 'colour', 'value': 'blue'})",
+             f"stored in {stored['worker_id']}")
+        recalled = caller.execute_in_session("demo-user", "recall", {"key": "colour"}, app=app)
+        _say("execute_in_session('demo-user', 'recall', {'key': 'colour'})",
+             f"{recalled['value']!r} from {recalled['worker_id']}")
+        sessions.delete("demo-user", app=app)
+        _say("sessions.delete('demo-user')", "the binding is gone")
+
+        print("\nstreaming (partial results, in order, as the tool yields them)", flush=True)
+        chunks = stream("stream_count", {"n": 3, "delay": 0.1}, app=app)
+        for chunk in chunks:
+            _say(f"chunk {chunk['_metadata']['seq']}", {"i": chunk["i"], "of": chunk["of"]})
+        _say("final result", f"count {chunks.result['count']} from {chunks.result['worker_id']}")
         stats = caller.get_stats("demo", app=app)
         print("\nstats", flush=True)
-        _say(", ".join(f"{k}={stats[k]}" for k in
-                       ("requests", "errors", "workers", "busy", "available", "queued")))
+        _say(", ".join(f"{k}={stats[k]}" for k in ("requests", "errors", "workers", "queued")))
         return 0
     except SnakepitError as exc:
         print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)

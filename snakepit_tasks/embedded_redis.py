@@ -1,13 +1,20 @@
-"""A private redis-server on a free loopback port, for the demo and the tests."""
+"""A private redis-server on a loopback port, for the demo, the tests and the quick start.
+
+``python -m snakepit_tasks.embedded_redis [--port 6379]`` runs one in the foreground (no
+persistence) until Ctrl+C or SIGTERM: the quick start's Redis on a machine without one.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from types import TracebackType
 
@@ -115,3 +122,48 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run an embedded redis-server in the foreground until SIGINT/SIGTERM; the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m snakepit_tasks.embedded_redis",
+        description="Run a private redis-server on 127.0.0.1 (no persistence) until Ctrl+C.",
+    )
+    parser.add_argument("--port", type=int, default=6379, help="port (default 6379)")
+    ns = parser.parse_args(argv)
+    if port_in_use(ns.port):
+        print(f"error: something already listens on 127.0.0.1:{ns.port}; if it is a Redis, "
+              "use it (no embedded one is needed), else pick another --port", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = EmbeddedRedis(port=ns.port).start()
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    assert server.process is not None
+    print(f"embedded redis-server on {server.url} (pid {server.process.pid}); Ctrl+C or "
+          "SIGTERM stops it", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                print(f"redis-server exited with code {server.process.returncode}",
+                      file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

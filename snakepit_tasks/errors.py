@@ -52,6 +52,16 @@ class AdapterError(SnakepitError):
         return str(self.details.get("traceback", ""))
 
 
+class HostToolError(AdapterError):
+    """A host tool (a function registered with ``register_host_tool``) raised. Raised in the
+    adapter that called it; ``type``, ``message`` and ``traceback`` come from the host."""
+
+
+class ToolRegistrationError(SnakepitError):
+    """A host tool cannot be registered: a bad name, bad metadata, a duplicate name in the
+    session (``details['reason']`` says which), or a function that is not callable."""
+
+
 class WorkerBusy(SnakepitError):
     """The session's worker is busy and the affinity mode forbids waiting or moving."""
 
@@ -120,6 +130,8 @@ ERROR_CLASSES: dict[str, type[SnakepitError]] = {
         NoWorkersAvailable,
         ToolNotFound,
         AdapterError,
+        HostToolError,
+        ToolRegistrationError,
         WorkerBusy,
         SessionWorkerUnavailable,
         SessionQuotaExceeded,

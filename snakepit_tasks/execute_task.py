@@ -6,18 +6,25 @@ node's business (``app.snakepit_node``), so a caller never loads node code.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Task
 from celery.result import AsyncResult
+from celery.utils.saferepr import saferepr
 from kombu.exceptions import EncodeError
 
-from . import routing
-from .call import TASK_NAME
+from . import connections, keys, routing
+from .call import TASK_NAME, Call, _check_name
 from .connections import redis_errors_as_snakepit
 from .errors import ConfigurationError, SerializationError, SnakepitError
+from .serialization.redact import redact
 
 EXECUTE = TASK_NAME
+#: How many runs of one named job are remembered (see :mod:`snakepit_tasks.jobs`).
+MAX_JOB_RUNS = 50
+#: Longest argument preview in task events (what Flower shows).
+ARGS_PREVIEW = 1024
 
 
 class ExecuteTask(Task):
@@ -37,13 +44,52 @@ class ExecuteTask(Task):
             )
         return node.run_task(self, args, kwargs)
 
+    def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
+        """The name events, logs and Flower show for a call: the tool it runs."""
+        command = (kwargs or {}).get("command")
+        return command if isinstance(command, str) and command else None
+
     def apply_async(
         self, args: Any = None, kwargs: Any = None, **options: Any
     ) -> AsyncResult:
-        with redis_errors_as_snakepit("sending the call"):
-            route = routing.prepare(self.app.snakepit_settings, args, kwargs)
+        """Validate, route and send the call. ``job="name"`` also records the run under that
+        name for late readers (:mod:`snakepit_tasks.jobs`)."""
+        job = options.pop("job", None)
+        if job is not None:
+            _check_name("job", job)
+        settings = self.app.snakepit_settings
+        with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
+            route = routing.prepare(settings, args, kwargs)
             options.setdefault("queue", route.queue)
+            options.setdefault("kwargsrepr", _preview(route.call))
             try:
-                return super().apply_async((), route.call.to_kwargs(), **options)
+                result = super().apply_async((), route.call.to_kwargs(), **options)
             except EncodeError as exc:
                 raise SerializationError(f"the call could not be encoded: {exc}") from None
+            if job is not None:
+                _record_job(settings, job, result.id, route.call)
+            return result
+
+
+def _preview(call: Call) -> str:
+    """What task events carry as the call's arguments: the tool's arguments and where it
+    goes, truncated, with recognizable secrets redacted."""
+    shown: dict[str, Any] = {}
+    for name in ("pool", "session_id", "stream", "timeout"):
+        value = getattr(call, name)
+        if value:
+            shown[name] = value
+    shown["args"] = call.args  # last: what a long preview cuts
+    return redact(saferepr(shown, ARGS_PREVIEW))
+
+
+def _record_job(settings: Any, job: str, task_id: str, call: Call) -> None:
+    """Push ``task_id`` as the newest run of ``job``; kept while its stream stays readable."""
+    deadline = call.deadline if call.deadline is not None else time.time()
+    ttl = max(60, int(deadline - time.time()) + int(settings.stream_retention))
+    key = keys.job_runs(job)
+    with connections.redis_client(settings.redis_url).pipeline(transaction=True) as pipe:
+        pipe.lpush(key, task_id)
+        pipe.ltrim(key, 0, MAX_JOB_RUNS - 1)
+        pipe.expire(key, ttl)
+        pipe.execute()

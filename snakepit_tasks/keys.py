@@ -140,3 +140,49 @@ def stream_ack(call_id: str) -> str:
 def dead_letters(pool: str) -> str:
     """List of messages ``pool``'s nodes could not decode or accept (newest first)."""
     return f"{PREFIX}:pool:{pool}:dead_letters"
+
+
+def fast_pool_queue(pool: str) -> str:
+    """Fast-lane list of calls any node of ``pool`` may take (callers LPUSH, nodes BLMOVE)."""
+    return f"{PREFIX}:fast:pool:{pool}"
+
+
+def fast_node_queue(node: str) -> str:
+    """Fast-lane list of calls pinned to one of ``node``'s workers."""
+    return f"{PREFIX}:fast:node:{node}"
+
+
+def fast_processing(node: str) -> str:
+    """Fast-lane calls ``node`` has taken and not finished (the janitor's to recover)."""
+    return f"{PREFIX}:fast:node:{node}:processing"
+
+
+def job_runs(job: str) -> str:
+    """List of the task ids of job ``job``'s latest runs (newest first, capped; TTL)."""
+    return f"{PREFIX}:job:{job}:runs"
+
+
+def beat_prefix() -> str:
+    """Prefix of celery-redbeat's keys: the schedule, its entries and the one-beat lock."""
+    return f"{PREFIX}:beat:"
+
+
+def host_tools(session_id: str) -> str:
+    """Hash ``name -> JSON record`` of the host tools registered for a session; expires with
+    the session (see :mod:`snakepit_tasks.host_tools.registry`)."""
+    return f"{PREFIX}:host_tools:{session_id}"
+
+
+def host_registrant(registrant: str) -> str:
+    """Lease of a process that registered host tools; its listener refreshes it."""
+    return f"{PREFIX}:host_registrant:{registrant}"
+
+
+def host_requests(registrant: str) -> str:
+    """List of host-tool requests for one registering process (its listener BLPOPs it)."""
+    return f"{PREFIX}:host_registrant:{registrant}:requests"
+
+
+def host_reply(request_id: str) -> str:
+    """List a registrant pushes a host-tool call's outcome to (the node BLPOPs it)."""
+    return f"{PREFIX}:host_reply:{request_id}"

@@ -21,15 +21,24 @@ from .errors import (
     SnakepitError,
     WorkerBusy,
 )
+from .host_tools.context import check_reentry
 from .queues import declare_queue
 
 
 @dataclass(frozen=True)
 class Route:
-    """A validated call and the queue it travels in."""
+    """A validated call and the queue it travels in: its pool's, or one node's (``node``)."""
 
     call: Call
     queue: Queue
+    node: str | None = None
+
+    @property
+    def fast_queue(self) -> str:
+        """The fast-lane list for the same destination."""
+        if self.node:
+            return keys.fast_node_queue(self.node)
+        return keys.fast_pool_queue(self.pool)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -72,23 +81,28 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
     session_id = call.session_id
     r = connections.redis_client(settings.redis_url)
     queue_name = keys.pool_queue(pool)
+    parts = kombu_redis.QUEUE_PARTS + 1  # Celery's lists, then the fast lane's
     with r.pipeline(transaction=False) as pipe:  # one round trip for the common case
         pipe.exists(keys.pool_alive(pool))
         kombu_redis.queue_length_into(pipe, queue_name)
+        pipe.llen(keys.fast_pool_queue(pool))
         if session_id:
             pipe.hmget(keys.session(session_id), "worker", "node")
         replies = pipe.execute()
     if not replies[0]:
         raise missing_pool_error(settings, r, pool)
-    waiting = sum(replies[1 : 1 + kombu_redis.QUEUE_PARTS])
+    waiting = sum(replies[1 : 1 + parts])
+    node = None
     if session_id:
         call = call.replace(affinity=affinity_for(settings, pool, call.affinity))
-        bound = replies[1 + kombu_redis.QUEUE_PARTS]
+        bound = replies[1 + parts]
         bound_worker, bound_node = (connections.text(v) if v else None for v in bound)
         if bound_worker and bound_node:
             call, queue_name = _session_route(r, call, session_id, bound_worker, bound_node)
             if queue_name != keys.pool_queue(pool):
-                waiting = kombu_redis.queue_length(r, queue_name)
+                node = bound_node
+                waiting = kombu_redis.queue_length(r, queue_name) + int(
+                    r.llen(keys.fast_node_queue(bound_node)))
     if waiting >= settings.pool_max_queue_size:
         pool_state.count(r, pool, pool_saturated=1)
         raise QueueFull(
@@ -96,7 +110,7 @@ def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
             f"{settings.pool_max_queue_size}); retry later or add workers",
             {"pool": pool, "queued": waiting},
         )
-    return Route(call=call, queue=declare_queue(queue_name))
+    return Route(call=call, queue=declare_queue(queue_name), node=node)
 
 
 def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
@@ -139,6 +153,7 @@ def _session_route(
             )
         session_store.unbind(r, session_id)  # the next worker to run it binds it
         return call, keys.pool_queue(pool)
+    check_reentry(session_id, worker, mode or "hint", busy)  # from a host tool it waits for
     if busy and mode == "strict_fail_fast":
         raise WorkerBusy(
             f"session {session_id!r}: worker {worker} is busy (affinity strict_fail_fast)",
@@ -153,15 +168,18 @@ def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:
     """PoolNotFound for an unknown pool, NoWorkersAvailable when no node serves it."""
     configured = {p.name for p in settings.pools}
     known = configured | pool_state.known_pools(r)
+    url = connections.shown(settings.redis_url)
     if pool not in known:
         return PoolNotFound(
-            f"unknown pool {pool!r}; known pools: {', '.join(sorted(known)) or 'none'}",
-            {"pool": pool, "known": sorted(known)},
+            f"unknown pool {pool!r}: it is not configured here and no node has served it on "
+            f"Redis {url}; known pools: {', '.join(sorted(known)) or 'none'}",
+            {"pool": pool, "known": sorted(known), "redis_url": url},
         )
     return NoWorkersAvailable(
-        f"no live node serves pool {pool!r}; start one with "
-        f"`snakepit-tasks worker --pool {pool}`",
-        {"pool": pool},
+        f"no live node serves pool {pool!r} on Redis {url}; start one with "
+        f"`snakepit-tasks worker --pool {pool}` using the same Redis (SNAKEPIT_REDIS_URL, or "
+        "SNAKEPIT_CONFIG naming the same configuration file, in both environments)",
+        {"pool": pool, "redis_url": url},
     )
 
 

@@ -16,6 +16,7 @@ from . import connections, keys, session_store
 from .app import default_app
 from .call import CLEANUP_COMMAND, TASK_NAME, Call
 from .caller import wait
+from .host_tools import registry as host_tools
 from .queues import declare_queue
 
 __all__ = ["CLEANUP_COMMAND", "delete", "get", "list_sessions", "unbind"]
@@ -38,12 +39,14 @@ def list_sessions(pool: str | None = None, *, app: Celery | None = None) -> list
 
 
 def delete(session_id: str, *, app: Celery | None = None, timeout: float = 10.0) -> bool:
-    """End a session: run the adapter's session cleanup on its worker, then forget it.
+    """End a session: run the adapter's session cleanup on its worker, then forget it and
+    its host tools.
 
     Returns False when the session did not exist.
     """
     the_app = app or default_app()
     r = _redis(the_app)
+    host_tools.forget_session(r, session_id)
     info = session_store.get(r, session_id)
     if info is None:
         return False

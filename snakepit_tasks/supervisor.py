@@ -61,9 +61,18 @@ def node_specs(
     return specs
 
 
-def node_command(spec: NodeSpec, loglevel: str, settings: Settings) -> list[str]:
-    """The plain Celery command line that runs one node (systemd/Kubernetes use the same)."""
-    quiet = ["--quiet"] if loglevel.lower() in ("warning", "error", "critical") else []
+#: Celery's warning about running as root: shown only with the banner.
+SUPERUSER_WARNING = "ignore:You're running the worker with superuser privileges"
+
+
+def node_command(
+    spec: NodeSpec, loglevel: str, settings: Settings, banner: bool | None = None
+) -> list[str]:
+    """The plain Celery command line that runs one node (systemd/Kubernetes use the same).
+    Celery's banner shows when ``banner`` is true (default: at ``-l info`` and below)."""
+    if banner is None:
+        banner = loglevel.lower() in ("debug", "info")
+    quiet = [] if banner else ["--quiet"]
     cmd = [
         sys.executable, "-m", "celery", "-A", "snakepit_tasks.node.entry", *quiet, "worker",
         "-n", spec.name,
@@ -80,16 +89,28 @@ def node_command(spec: NodeSpec, loglevel: str, settings: Settings) -> list[str]
 class Supervisor:
     """Runs node processes; restarts one that dies; stops all on a signal."""
 
-    def __init__(self, settings: Settings, specs: list[NodeSpec], loglevel: str = "info") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: list[NodeSpec],
+        loglevel: str = "info",
+        banner: bool | None = None,
+    ) -> None:
         self.settings = settings
         self.specs = specs
         self.loglevel = loglevel
+        self.banner = loglevel.lower() in ("debug", "info") if banner is None else banner
         self._stop = threading.Event()
 
     def _spawn(self, spec: NodeSpec) -> None:
         env = dict(os.environ, SNAKEPIT_PARENT_PID=str(os.getpid()))
+        if not self.banner:  # Celery's superuser warning goes with its banner
+            env["PYTHONWARNINGS"] = ",".join(
+                w for w in (env.get("PYTHONWARNINGS", ""), SUPERUSER_WARNING) if w
+            )
         spec.process = subprocess.Popen(
-            node_command(spec, self.loglevel, self.settings), env=env, stdin=subprocess.DEVNULL
+            node_command(spec, self.loglevel, self.settings, self.banner), env=env,
+            stdin=subprocess.DEVNULL,
         )
         spec.started = time.monotonic()
         spec.ready_at = None

@@ -71,8 +71,32 @@ def pids() -> Iterator[ProcessTracker]:
     tracker.assert_all_gone(timeout=10.0)
 
 
+#: Modules whose tests run on both lanes (synchronous calls over the fast lane, and over
+#: Celery's task protocol), so neither lane rots.
+LANE_MODULES = {
+    "test_caller", "test_sessions", "test_affinity", "test_queue_limits",
+    "test_fault_tolerance", "test_chaos_node_kill", "test_errors_e2e", "test_dispatch",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "lane" in metafunc.fixturenames and module in LANE_MODULES:
+        metafunc.parametrize("lane", ["fast", "celery"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def lane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The lane synchronous calls take: both, one after the other, in LANE_MODULES (every app
+    the test configures in this process follows SNAKEPIT_FAST_LANE); else the default."""
+    chosen = getattr(request, "param", "fast")
+    if request.module.__name__.rsplit(".", 1)[-1] in LANE_MODULES:
+        monkeypatch.setenv("SNAKEPIT_FAST_LANE", "true" if chosen == "fast" else "false")
+    return str(chosen)
+
+
 @pytest.fixture
-def make_app(redis_url: str) -> Iterator[Any]:
+def make_app(redis_url: str, lane: str) -> Iterator[Any]:
     from snakepit_tasks import app as app_module
 
     def make(*pools: NodeHandle | dict[str, Any] | str, **settings: Any) -> Any:
@@ -85,6 +109,7 @@ def make_app(redis_url: str) -> Iterator[Any]:
             else:
                 table = p
             tables.setdefault(table["name"], table)
+        settings.setdefault("fast_lane", lane == "fast")
         return app_module.configure(redis_url=redis_url, pools=list(tables.values()), **settings)
 
     yield make

@@ -257,6 +257,25 @@ def cli_command() -> list[str]:
     return [sys.executable, "-m", "snakepit_tasks"]
 
 
+def run_cli(args: list[str], env: dict[str, str], pids: ProcessTracker,
+            timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run ``snakepit-tasks ARGS`` to completion, tracking every process it starts."""
+    proc = subprocess.Popen(
+        [*cli_command(), *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    pids.track(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        terminate(proc, 10)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"snakepit-tasks {' '.join(args)} did not finish in {timeout}s:\n{out}\n{err}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 # -- nodes ---------------------------------------------------------------------------------
 @dataclass
 class NodeHandle:

@@ -176,27 +176,45 @@ class SessionResponse(_message.Message):
     error: ErrorInfo
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
 
+class HostToolSpec(_message.Message):
+    __slots__ = ("name", "description", "metadata", "scope")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    metadata: bytes
+    scope: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., metadata: _Optional[bytes] = ..., scope: _Optional[str] = ...) -> None: ...
+
 class ListHostToolsRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "worker_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, session_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class ListHostToolsResponse(_message.Message):
     __slots__ = ("tools",)
     TOOLS_FIELD_NUMBER: _ClassVar[int]
-    tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
-    def __init__(self, tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[HostToolSpec]
+    def __init__(self, tools: _Optional[_Iterable[_Union[HostToolSpec, _Mapping]]] = ...) -> None: ...
 
 class CallHostToolRequest(_message.Message):
-    __slots__ = ("session_id", "name", "args")
+    __slots__ = ("session_id", "name", "args", "call_id", "worker_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     args: Payload
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
+    call_id: str
+    worker_id: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., call_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class CallHostToolResponse(_message.Message):
     __slots__ = ("ok", "result", "error")

@@ -8,7 +8,13 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ..errors import SnakepitError
+from ..host_tools.spec import HostToolSpec, merge_arguments
+
+if TYPE_CHECKING:
+    from .host_client import HostToolsClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,12 +34,69 @@ class ToolSpec:
 
 @dataclass
 class SessionContext:
-    """What a tool knows about the call it serves."""
+    """What a tool knows about the call it serves, and its way to the host tools.
+
+    Host tools are functions registered with ``snakepit_tasks.register_host_tool`` for this
+    call's session (they run in the registering process, maybe on another machine) or named
+    in the pool's ``host_tools`` (they run in the node). Only exposed tools are visible.
+    """
 
     session_id: str = ""
     worker_id: str = ""
     call_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    deadline: float | None = None  # epoch seconds by which the call must end
+    host_client: HostToolsClient | None = field(default=None, repr=False, compare=False)
+
+    def call_host_tool(self, name: str, args: dict[str, Any] | None = None, /,
+                       **kwargs: Any) -> Any:
+        """Run host tool ``name`` with keyword arguments given as a dict, as keywords, or
+        both; its result. Raises ToolNotFound (naming the session and the tools it has),
+        HostToolError (the host function raised: ``.type``, message, ``.traceback``),
+        ExecutionTimeout (no answer within ``host_tool_timeout_ms`` or the call's deadline,
+        or the registering process went away), SerializationError."""
+        return self._client().call(
+            name, merge_arguments(name, args, kwargs), session_id=self.session_id,
+            call_id=self.call_id, deadline=self.deadline,
+        )
+
+    def list_host_tools(self) -> list[HostToolSpec]:
+        """The host tools this call may use (name, description, metadata, scope)."""
+        return self._client().list(self.session_id, self.deadline)
+
+    @property
+    def host_tools(self) -> HostTools:
+        """``host_tools[name](**kwargs)`` calls a host tool; ``name in host_tools`` and
+        iteration list them."""
+        return HostTools(self)
+
+    def _client(self) -> HostToolsClient:
+        if self.host_client is None:
+            raise SnakepitError(
+                "host tools are not available here: this adapter was not started by a node "
+                "(its runtime has no --host-tools-socket)"
+            )
+        return self.host_client
+
+
+class HostTools:
+    """Host tools as a mapping of callables: ``host_tools["calculate_hash"](data="x")``."""
+
+    def __init__(self, context: SessionContext) -> None:
+        self._context = context
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        def call(**kwargs: Any) -> Any:
+            return self._context.call_host_tool(name, kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    def __contains__(self, name: object) -> bool:
+        return any(spec.name == name for spec in self._context.list_host_tools())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([spec.name for spec in self._context.list_host_tools()])
 
 
 @overload

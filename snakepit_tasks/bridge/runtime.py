@@ -29,6 +29,7 @@ from .._proto import bridge_pb2 as pb
 from .._proto import bridge_pb2_grpc as pb_grpc
 from ..errors import SerializationError
 from .adapter import BaseAdapter, SessionContext
+from .host_client import HostToolsClient
 from .limits import MAX_MESSAGE_BYTES
 
 
@@ -102,8 +103,15 @@ def _iterate(value: Any) -> Generator[Any, None, Any]:
 class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
     """Serves one adapter class; a new adapter instance per call."""
 
-    def __init__(self, adapter_cls: type[BaseAdapter], worker_id: str, capacity: int) -> None:
+    def __init__(
+        self,
+        adapter_cls: type[BaseAdapter],
+        worker_id: str,
+        capacity: int,
+        host_tools: HostToolsClient | None = None,
+    ) -> None:
         self.adapter_cls = adapter_cls
+        self.host_tools = host_tools
         self.worker_id = worker_id
         self.capacity = capacity
         self.tools = adapter_cls.tools()
@@ -114,7 +122,21 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         self._slots = threading.BoundedSemaphore(capacity)
 
     # -- helpers -----------------------------------------------------------------------
-    def _prepare(self, request: pb.ExecuteRequest) -> tuple[BaseAdapter, Any, dict[str, Any]]:
+    def _context(self, session_id: str, call_id: str, metadata: Any, rpc: Any) -> SessionContext:
+        """What a tool knows of its call; its deadline is the node's RPC deadline."""
+        remaining = rpc.time_remaining() if hasattr(rpc, "time_remaining") else None
+        return SessionContext(
+            session_id=session_id,
+            worker_id=self.worker_id,
+            call_id=call_id,
+            metadata=dict(metadata),
+            deadline=None if remaining is None else time.time() + remaining,
+            host_client=self.host_tools,
+        )
+
+    def _prepare(
+        self, request: pb.ExecuteRequest, rpc: Any = None
+    ) -> tuple[BaseAdapter, Any, dict[str, Any]]:
         method_name = self._methods.get(request.tool)
         if method_name is None:
             raise _ToolFailure(
@@ -137,11 +159,8 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                 _error("bad_request", type="TypeError", message="arguments must be a mapping")
             )
         instance = self.adapter_cls()
-        instance.session_context = SessionContext(
-            session_id=request.session_id,
-            worker_id=self.worker_id,
-            call_id=request.call_id,
-            metadata=dict(request.metadata),
+        instance.session_context = self._context(
+            request.session_id, request.call_id, request.metadata, rpc
         )
         return instance, getattr(instance, method_name), args
 
@@ -159,10 +178,10 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
             self._slots.release()
 
     @contextlib.contextmanager
-    def _tool(self, request: pb.ExecuteRequest) -> Iterator[Callable[[], Any]]:
+    def _tool(self, request: pb.ExecuteRequest, rpc: Any = None) -> Iterator[Callable[[], Any]]:
         """The requested tool bound to its arguments, on a fresh adapter instance that is
         initialized before it and cleaned up after it (even when it raises)."""
-        instance, method, args = self._prepare(request)
+        instance, method, args = self._prepare(request, rpc)
         instance.initialize()
         try:
             yield lambda: method(**args)
@@ -201,7 +220,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         started = time.perf_counter_ns()
         with self._slot():
             try:
-                with self._tool(request) as run:
+                with self._tool(request, context) as run:
                     value = run()
                     if inspect.isgenerator(value) or inspect.isasyncgen(value):
                         value = list(_iterate(value))
@@ -220,7 +239,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         with self._slot():
             seq = 0
             try:
-                with self._tool(request) as run:
+                with self._tool(request, context) as run:
                     value = run()
                     if inspect.isgenerator(value) or inspect.isasyncgen(value):
                         with contextlib.closing(_iterate(value)) as items:
@@ -232,6 +251,9 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
                                     break
                                 seq += 1
                                 yield pb.StreamChunk(seq=seq, data=_payload(item))
+                    else:  # a tool that does not stream: its result is the one chunk
+                        seq += 1
+                        yield pb.StreamChunk(seq=seq, data=_payload(value))
                 if stopped.is_set():
                     return
                 yield pb.StreamChunk(seq=seq + 1, is_final=True, result=_payload(value))
@@ -245,14 +267,14 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
             seq=request.seq, pid=os.getpid(), rss_bytes=_rss_bytes(), inflight=self._inflight
         )
 
-    def _session_hook(self, hook: str, request: pb.SessionRequest) -> pb.SessionResponse:
+    def _session_hook(
+        self, hook: str, request: pb.SessionRequest, rpc: Any = None
+    ) -> pb.SessionResponse:
         fn = getattr(self.adapter_cls, hook, None)
         if fn is None:
             return pb.SessionResponse(ok=True)
         instance = self.adapter_cls()
-        instance.session_context = SessionContext(
-            session_id=request.session_id, worker_id=self.worker_id, metadata=dict(request.metadata)
-        )
+        instance.session_context = self._context(request.session_id, "", request.metadata, rpc)
         try:
             getattr(instance, hook)()
         except Exception as exc:
@@ -260,10 +282,10 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         return pb.SessionResponse(ok=True)
 
     def InitializeSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionResponse:  # noqa: N802
-        return self._session_hook("initialize_session", request)
+        return self._session_hook("initialize_session", request, context)
 
     def CleanupSession(self, request: pb.SessionRequest, context: Any) -> pb.SessionResponse:  # noqa: N802
-        return self._session_hook("cleanup_session", request)
+        return self._session_hook("cleanup_session", request, context)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -290,6 +312,7 @@ def serve(
     capacity: int = 1,
     ready_fd: int = -1,
     parent_pid: int = 0,
+    host_tools_socket: str = "",
 ) -> int:
     """Serve ``adapter`` until SIGTERM/SIGINT or the parent's death; returns the exit code."""
     _die_with_parent(parent_pid)
@@ -313,7 +336,8 @@ def serve(
         )
         return 3
 
-    servicer = AdapterServicer(adapter_cls, worker_id, capacity)
+    host_tools = HostToolsClient(host_tools_socket, worker_id) if host_tools_socket else None
+    servicer = AdapterServicer(adapter_cls, worker_id, capacity, host_tools)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=capacity + 4, thread_name_prefix="tool"),
         options=[
@@ -356,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     # Carried on the command line so orphan sweeps can recognise our processes.
     parser.add_argument("--run-id", default="")
     parser.add_argument("--instance", default="")
+    parser.add_argument("--host-tools-socket", default="")
     ns = parser.parse_args(argv)
-    return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd, ns.parent_pid)
+    return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd, ns.parent_pid,
+                 ns.host_tools_socket)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .. import keys, processes
+from . import console
 from .intake import install as install_intake
 from .node import Node
 from .worker import WorkerStartError
@@ -41,6 +42,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         settings = app.snakepit_settings
         if settings.broker.startswith(("redis://", "rediss://", "unix://")):
             install(settings.broker)
+        console.install()  # before Celery's banner shows the broker URL
         name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
         self.pool = settings.pool(name)
         self.node: Node | None = None
@@ -50,6 +52,11 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         worker.concurrency = 2 * self.count * self.pool.capacity
         worker.min_concurrency = worker.concurrency  # the Pool step copied the old value
         watch_parent()
+        if settings.task_events:
+            # Flower watches: send task events, and worker heartbeats (even when started with
+            # --without-heartbeat), else Flower lists the node as offline.
+            worker.task_events = True
+            worker.options["without_heartbeat"] = False
         queues = app.amqp.queues
         names = [keys.pool_queue(self.pool.name), keys.node_queue(worker.hostname)]
         for queue_name in names:
@@ -77,6 +84,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         self._handlers = (ready, shutting_down, shutdown)
 
     def start(self, worker: Any) -> None:
+        if getattr(worker, "quiet", False):
+            console.quiet_shutdown(worker)
         settings = worker.app.snakepit_settings
         node = Node(settings, self.pool, worker.hostname, count=self.count)
         try:

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from celery import states
 
-from .. import connections, keys, kombu_redis, lua, replies, session_store
+from .. import connections, fast_lane, keys, kombu_redis, lua, replies, session_store
 from ..call import Call
 from ..errors import SessionWorkerUnavailable, SnakepitError, WorkerCrashed
 from ..kombu_redis import UndecodableMessage
 from ..streaming import entries
+from .fast_lane import call_of as fast_call_of
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -119,7 +120,7 @@ class Janitor:
                 self.r.hset(keys.dead_nodes(self.pool), name, now)
                 log.warning("node %s of pool %s is dead; taking over its queue", name, self.pool)
                 self._forget_workers(name)
-            backlog[name] = self._drain(name)
+            backlog[name] = self._drain(name) + self._drain_fast(name)
         if dead:
             self._recover_unacked(set(dead), max(watched[n] for n in dead))
         for name, since in watched.items():
@@ -211,22 +212,11 @@ class Janitor:
                 f"the node that ran call {call.command!r} died before its result was stored; "
                 "it is not run again", {"call_id": call_id}))
             return
-        session_id = call.session_id
-        if session_id and call.affinity in ("strict_queue", "strict_fail_fast"):
-            self._fail(call_id, call, SessionWorkerUnavailable(
-                f"session {session_id!r} was bound to {call.worker}, whose node died "
-                f"(affinity {call.affinity})", {"session_id": session_id}))
+        refusal = self._verdict(call, call_id, started)
+        if refusal is not None:
+            self._fail(call_id, call, refusal)
             return
-        if started and not self.node.is_idempotent(call.command):
-            self._fail(call_id, call, WorkerCrashed(
-                f"the node running call {call.command!r} died; it is not re-run because the "
-                "tool is not idempotent", {"call_id": call_id}))
-            return
-        # Re-queued: its wait for a worker starts again (a node would otherwise see it as
-        # having waited too long already).
-        rerouted = call.replace(worker=None, fallback=False, enqueued_at=time.time())
-        if taken_by:  # the dead node's mark goes, so later sweeps do not take it again
-            self._release_taken(keys=[keys.call_state(call_id)], args=[taken_by])
+        rerouted = self._rerouted(call, call_id, taken_by)
         pool_queue = keys.pool_queue(call.pool or self.pool)
         self.r.rpush(  # runs next
             pool_queue, kombu_redis.encode_message(message, rerouted.to_kwargs(), pool_queue)
@@ -250,9 +240,63 @@ class Janitor:
                 return True
         return finished and call.reply
 
-    def _fail(self, call_id: str, call: Call, exc: SnakepitError) -> None:
+    def _drain_fast(self, node: str) -> int:
+        """The dead node's fast-lane calls: those it had taken (its processing list), then
+        those pinned to it; returns how many there were."""
+        count = 0
+        for key, taken in ((keys.fast_processing(node), True), (keys.fast_node_queue(node), False)):
+            while True:
+                raw: Any = self.r.rpop(key)  # oldest first
+                if raw is None:
+                    break
+                count += 1
+                self._handle_fast(bytes(raw), taken=taken)
+        return count
+
+    def _handle_fast(self, raw: bytes, *, taken: bool) -> None:
+        try:
+            call_id, call = fast_call_of(raw)
+        except (ValueError, RecursionError, SnakepitError) as exc:
+            log.error("janitor: dropping an undecodable fast-lane message (%s): %r", exc,
+                      raw[:200])
+            return
+        kind, holder = "", ""
+        if taken:
+            state = connections.text(self.r.get(keys.call_state(call_id)) or b"")
+            kind, _, holder = state.partition(":")
+        refusal = self._verdict(call, call_id, started=kind == "started")
+        if refusal is not None:
+            self._fail(call_id, call, refusal, backend=False)
+            return
+        rerouted = self._rerouted(call, call_id, holder if kind == "taken" else None)
+        queue = keys.fast_pool_queue(call.pool or self.pool)
+        self.r.rpush(queue, fast_lane.encode(call_id, rerouted))  # runs next
+        log.info("janitor: re-routed fast-lane call %s (%s) to %s", call_id, call.command, queue)
+
+    def _verdict(self, call: Call, call_id: str, started: bool) -> SnakepitError | None:
+        """Why a dead node's call must fail rather than run elsewhere (None: re-route it)."""
+        session_id = call.session_id
+        if session_id and call.affinity in ("strict_queue", "strict_fail_fast"):
+            return SessionWorkerUnavailable(
+                f"session {session_id!r} was bound to {call.worker}, whose node died "
+                f"(affinity {call.affinity})", {"session_id": session_id})
+        if started and not self.node.is_idempotent(call.command):
+            return WorkerCrashed(
+                f"the node running call {call.command!r} died; it is not re-run because the "
+                "tool is not idempotent", {"call_id": call_id})
+        return None
+
+    def _rerouted(self, call: Call, call_id: str, taken_by: str | None) -> Call:
+        """The call as it goes back to its pool: its wait for a worker starts again (a node
+        would otherwise see it as having waited too long already)."""
+        if taken_by:  # the dead node's mark goes, so later sweeps do not take it again
+            self._release_taken(keys=[keys.call_state(call_id)], args=[taken_by])
+        return call.replace(worker=None, fallback=False, enqueued_at=time.time())
+
+    def _fail(self, call_id: str, call: Call, exc: SnakepitError, *, backend: bool = True) -> None:
         log.warning("janitor: failing call %s: %s", call_id, exc)
-        self.app.backend.mark_as_failure(call_id, exc)
+        if backend:
+            self.app.backend.mark_as_failure(call_id, exc)
         with self.r.pipeline(transaction=False) as pipe:
             pipe.hincrby(keys.pool_stats(self.pool), "errors", 1)
             if call.reply:

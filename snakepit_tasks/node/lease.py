@@ -1,4 +1,5 @@
-"""A node's lease: its description and workers in Redis with a TTL, refreshed by a thread."""
+"""A node's lease: its description and workers in Redis with a TTL, refreshed by a thread
+every ``node_lease_interval_ms``, and soon after a change (:meth:`NodeLease.changed`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import redis
 
 from .. import keys
 from ..pool_state import live_nodes
+
+#: After a change, how long the lease waits before publishing it: a burst of calls is one
+#: publish, and what status shows lags by at most this much (seconds).
+CHANGE_DELAY_S = 0.2
 
 
 class NodeLease:
@@ -32,6 +37,7 @@ class NodeLease:
         self.interval = interval_ms / 1000
         self.describe = describe  # () -> (node fields, list of worker snapshots)
         self._stop = threading.Event()
+        self._changed = threading.Event()
         self._thread: threading.Thread | None = None
 
     def publish(self) -> None:
@@ -61,8 +67,17 @@ class NodeLease:
         self._thread = threading.Thread(target=self._run, name="snakepit-lease", daemon=True)
         self._thread.start()
 
+    def changed(self) -> None:
+        """What the node publishes changed (a call started or ended): publish it soon."""
+        self._changed.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            if self._changed.wait(self.interval):
+                self._stop.wait(CHANGE_DELAY_S)  # changes within the delay go out together
+            if self._stop.is_set():
+                return
+            self._changed.clear()
             try:
                 self.publish()
             except redis.RedisError:
@@ -71,6 +86,7 @@ class NodeLease:
     def stop(self) -> None:
         """Stop refreshing and withdraw the lease."""
         self._stop.set()
+        self._changed.set()
         if self._thread:
             self._thread.join(2)
         try:

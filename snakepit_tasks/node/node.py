@@ -10,6 +10,7 @@ import socket
 import string
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Ignore, Reject
@@ -33,6 +34,8 @@ from ..streaming import entries
 from ..streaming.writer import ChunkWriter
 from . import lease
 from .claim import Claims, DuplicateCopy, Redirect
+from .fast_lane import FastLane
+from .host_tools import HostToolsServer
 from .janitor import Janitor
 from .worker import AdapterWorker
 from .workerset import NodeDraining, WorkerGone, WorkerSet
@@ -68,6 +71,12 @@ class Node:
             instance=settings.instance_name,
             on_exit=self._worker_exited,
         )
+        self.host_tools = HostToolsServer(
+            settings, pool, self.redis, os.path.join(self.workers.run_dir, "host-tools.sock"),
+            capacity=self.workers.capacity,
+        )
+        for w in self.workers.workers:
+            w.host_tools_socket = self.host_tools.socket_path
         self.lease = lease.NodeLease(
             self.redis,
             name,
@@ -76,7 +85,9 @@ class Node:
             settings.node_lease_interval_ms,
             self._describe,
         )
+        self.workers.on_change = self.lease.changed  # status sees calls within moments
         self.claims = Claims(self.redis, settings, pool, name, self.workers)
+        self.fast_lane = FastLane(self, threads=2 * self.workers.capacity)
         self._shutdown_timer: threading.Timer | None = None
         self.janitor: Any = None
         self.app: Any = None  # the Celery app, once the node runs inside one
@@ -87,7 +98,12 @@ class Node:
         """Start the workers (ready before this returns); :meth:`publish` advertises them."""
         started = time.monotonic()
         self.redis.delete(keys.busy(self.name))
-        self.workers.start()
+        self.host_tools.start()
+        try:
+            self.workers.start()
+        except BaseException:
+            self.host_tools.stop()
+            raise
         log.info(
             "node %s: %d %s worker(s) of %s ready in %.0f ms",
             self.name,
@@ -101,6 +117,7 @@ class Node:
         """Advertise this node in Redis and keep the lease fresh until :meth:`stop`; with the
         Celery ``app``, also take a turn at cleaning up after dead nodes of the pool."""
         self.lease.start()
+        self.fast_lane.start()
         if app is not None:
             self.app = app
             self.janitor = Janitor(self, app)
@@ -109,6 +126,7 @@ class Node:
     def begin_shutdown(self) -> None:
         """Celery is shutting down: calls not started go back to their queues; calls in
         flight get the grace period, then their workers are killed."""
+        self.fast_lane.stop_taking()
         self.workers.drain()
         grace = self.settings.graceful_shutdown_timeout_ms / 1000
         self._shutdown_timer = threading.Timer(grace, self.workers.kill_all)
@@ -119,33 +137,43 @@ class Node:
         """Withdraw the lease and stop every worker."""
         if self._shutdown_timer:
             self._shutdown_timer.cancel()
+        self.fast_lane.stop_taking()
+        # Celery waited for its own calls; the fast lane's get the same grace.
+        self.fast_lane.wait_idle(self.settings.graceful_shutdown_timeout_ms / 1000)
         if self.janitor is not None:
             self.janitor.stop()
         self.lease.stop()
         self.workers.stop()
+        self.fast_lane.join()
+        self.host_tools.stop()
         try:
             self.redis.delete(keys.busy(self.name))
         except Exception:
             log.debug("could not clear busy counts", exc_info=True)
 
     # -- calls ---------------------------------------------------------------------------
+    def parse_call(self, args: Any, kwargs: Any) -> Call:
+        """A call received from any queue, held to the caller API's rules (and sizes)."""
+        call = Call.parse(
+            args,
+            kwargs,
+            default_pool=self.pool.name,
+            default_timeout_ms=self.settings.default_command_timeout,
+            streaming_timeout_ms=self.settings.pool_streaming_timeout,
+        )
+        size = len(serialization.encode_args(call.args))
+        if size > self.settings.max_call_bytes:
+            raise SerializationError(
+                f"the call's arguments are {size} bytes, over max_call_bytes "
+                f"({self.settings.max_call_bytes})", {"size": size}
+            )
+        return call
+
     def run_task(self, task: Any, args: Any, kwargs: Any) -> Any:
         """Run the call a ``snakepit.execute`` task message carries (Celery lane)."""
         call_id = task.request.id or ""
         try:
-            call = Call.parse(
-                args,
-                kwargs,
-                default_pool=self.pool.name,
-                default_timeout_ms=self.settings.default_command_timeout,
-                streaming_timeout_ms=self.settings.pool_streaming_timeout,
-            )
-            size = len(serialization.encode_args(call.args))
-            if size > self.settings.max_call_bytes:
-                raise SerializationError(
-                    f"the call's arguments are {size} bytes, over max_call_bytes "
-                    f"({self.settings.max_call_bytes})", {"size": size}
-                )
+            call = self.parse_call(args, kwargs)
         except SnakepitError as exc:
             # Anything can be pushed into a queue: refuse what the caller API would refuse.
             delivery = getattr(task.request, "delivery_info", None) or {}
@@ -176,15 +204,20 @@ class Node:
                 "node shutting down; the call goes back to its queue", requeue=True
             ) from None
         except Redirect as moved:
-            # Lost a race to bind the session: send the call to the session's worker, under
-            # the same task id so the caller's AsyncResult still answers.
-            rerouted = call.replace(worker=moved.worker_id, fallback=False)
+            # Lost a race to bind the session: to the session's worker, under the same task id
+            # so the caller's AsyncResult still answers (routed afresh if its node is gone).
+            rerouted, node = self.redirected(call, moved)
+            options = {"queue": declare_queue(keys.node_queue(node))} if node else {}
             raise task.replace(
-                task.signature(
-                    (), rerouted.to_kwargs(), queue=declare_queue(keys.node_queue(moved.node)),
-                    immutable=True,
-                )
+                task.signature((), rerouted.to_kwargs(), immutable=True, **options)
             ) from None
+
+    def redirected(self, call: Call, moved: Redirect) -> tuple[Call, str | None]:
+        """Where a call goes after losing the race to bind its session: pinned to the bound
+        worker's node while that node lives; else back to routing (node None)."""
+        if self.redis.exists(keys.node_lease(moved.node)):
+            return call.replace(worker=moved.worker_id, fallback=False), moved.node
+        return call.replace(worker=None, fallback=False), None
 
     def dead_letter(
         self,
@@ -220,7 +253,9 @@ class Node:
         if self.app is not None:
             self.app.backend.mark_as_failure(call_id, error)
 
-    def run(self, call: Call, call_id: str) -> Any:
+    def run(
+        self, call: Call, call_id: str, *, on_finish: Callable[[Any], None] | None = None
+    ) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
         tool (streaming its chunks when asked), count it, and push the outcome to the caller
         when it waits for a direct ``reply``."""
@@ -252,6 +287,7 @@ class Node:
             self._finish(
                 call_id if reply else None, exc, errors=counted, requests=counted,
                 busy_worker=claimed.slot.worker_id if claimed is not None else None,
+                on_finish=on_finish,
             )
             raise exc from None
         slot = claimed.slot
@@ -262,7 +298,8 @@ class Node:
         requeued = False
         try:
             command, args = call.command, call.args
-            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id}
+            where = {"deadline": deadline, "call_id": call_id, "session_id": session_id,
+                     "timeout": call.timeout or deadline - (call.enqueued_at or deadline)}
             if writer is None:
                 outcome = self._execute_guarded(held, command, args, **where)
                 return outcome
@@ -296,6 +333,7 @@ class Node:
                 requests=0 if requeued else 1,
                 busy_worker=last.worker_id if last is not None else None,
                 ran=None if requeued else call_id,
+                on_finish=None if requeued else on_finish,
             )
 
     def _execute_guarded(self, held: list[AdapterWorker], command: str, args: Any,
@@ -379,10 +417,12 @@ class Node:
         requests: int = 1,
         busy_worker: str | None = None,
         ran: str | None = None,
+        on_finish: Callable[[Any], None] | None = None,
     ) -> None:
-        """One round trip after a call: counters, busy count, the caller's reply, and for a
-        call that ran (``ran``: its id) the state ``done:<node>``, so a janitor never gives a
-        call that had its outcome another one (all or nothing: MULTI/EXEC)."""
+        """One round trip after a call, all or nothing (MULTI/EXEC): counters, busy count, the
+        caller's reply, ``on_finish(pipeline)`` (the fast lane clears its processing entry
+        there), and for a call that ran (``ran``: its id) the state ``done:<node>``, so a
+        janitor never gives a call that had its outcome another one."""
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 if requests:
@@ -393,6 +433,8 @@ class Node:
                     pipe.hincrby(keys.busy(self.name), busy_worker, -1)
                 if reply_to:
                     replies.push(pipe, reply_to, replies.encode_outcome(result, failure))
+                if on_finish is not None:
+                    on_finish(pipe)
                 if ran:
                     pipe.set(keys.call_state(ran), f"done:{self.name}", xx=True, keepttl=True)
                 pipe.execute()

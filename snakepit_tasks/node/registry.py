@@ -84,7 +84,7 @@ def default_data_dir() -> Path:
     return Path.home() / ".local" / "state" / "snakepit-tasks"
 
 
-def _file_part(value: str) -> str:
+def file_part(value: str) -> str:
     """``value`` made safe for a file name: 'default' when empty; characters other than
     letters, digits, ``.``, ``_`` and ``-`` replaced, plus a short hash when anything was
     replaced (so two different names never share a file)."""
@@ -100,8 +100,8 @@ def registry_path(
     data_dir: str | os.PathLike[str], instance_name: str, instance_token: str
 ) -> Path:
     """The registry file of one instance."""
-    name = _file_part(instance_name)
-    token = _file_part(instance_token)
+    name = file_part(instance_name)
+    token = file_part(instance_token)
     return Path(data_dir) / f"process_registry_{name}__{token}.sqlite3"
 
 

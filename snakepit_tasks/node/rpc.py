@@ -64,10 +64,12 @@ class WorkerCalls:
         deadline: float,
         call_id: str = "",
         session_id: str = "",
+        timeout: float | None = None,
     ) -> Any:
-        """Run ``command`` on ``worker`` before ``deadline``; its result."""
+        """Run ``command`` on ``worker`` before ``deadline``; its result. ``timeout`` is the
+        call's limit in seconds, for the message of an ExecutionTimeout."""
         request = _request(command, args, call_id, session_id)
-        generation, response = self._send(worker, "Execute", request, deadline)
+        generation, response = self._send(worker, "Execute", request, deadline, timeout)
         if response.ok:
             return self._result(command, response.result)
         raise error_from_info(response.error, worker.worker_id)
@@ -94,11 +96,12 @@ class WorkerCalls:
         cancelled: threading.Event,
         call_id: str = "",
         session_id: str = "",
+        timeout: float | None = None,
     ) -> Any:
         """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
         final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
         request = _request(command, args, call_id, session_id)
-        generation, rpc = self._send(worker, "ExecuteStream", request, deadline)
+        generation, rpc = self._send(worker, "ExecuteStream", request, deadline, timeout)
         threading.Thread(
             target=_cancel_when, args=(cancelled, rpc), name="stream-cancel", daemon=True
         ).start()
@@ -124,7 +127,7 @@ class WorkerCalls:
         except grpc.RpcError as exc:
             if cancelled.is_set():
                 return {"halted": True, "chunks": count}
-            raise self._failure(worker, generation, command, exc) from None
+            raise self._failure(worker, generation, command, exc, timeout) from None
         if cancelled.is_set():
             return {"halted": True, "chunks": count}
         raise WorkerCrashed(
@@ -133,14 +136,19 @@ class WorkerCalls:
         )
 
     def _send(
-        self, worker: AdapterWorker, method: str, request: pb.ExecuteRequest, deadline: float
+        self, worker: AdapterWorker, method: str, request: pb.ExecuteRequest, deadline: float,
+        timeout: float | None = None,
     ) -> tuple[int, Any]:
         """Call the stub's ``method`` with what is left of ``deadline``: (the worker's
         generation, what the stub returned). Raises WorkerGone if the call cannot reach a live
         process, ExecutionTimeout if no time is left."""
         remaining = deadline - time.time()
         if remaining <= 0:
-            raise ExecutionTimeout(f"call {request.tool!r} reached its deadline before it ran")
+            raise ExecutionTimeout(
+                f"call {request.tool!r} used up its timeout{_limit(timeout)} waiting in the "
+                "queue and never ran; pass a larger timeout= or add workers",
+                {"timeout": timeout},
+            )
         generation = worker.generation
         stub, process = worker.stub, worker.process
         if stub is None or process is None or _has_exited(process.pid):
@@ -152,10 +160,11 @@ class WorkerCalls:
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id) from None
         except grpc.RpcError as exc:
-            raise self._failure(worker, generation, request.tool, exc) from None
+            raise self._failure(worker, generation, request.tool, exc, timeout) from None
 
     def _failure(
-        self, worker: AdapterWorker, generation: int, tool: str, exc: grpc.RpcError
+        self, worker: AdapterWorker, generation: int, tool: str, exc: grpc.RpcError,
+        timeout: float | None = None,
     ) -> Exception:
         """The error a failed RPC means: WorkerGone (nothing ran), ExecutionTimeout, or
         WorkerCrashed with how the process ended."""
@@ -165,14 +174,18 @@ class WorkerCalls:
             self._mark_dead(worker, generation)
             return WorkerGone(worker.worker_id)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            replaced = ""
             if worker.capacity == 1 and worker.generation == generation:
                 # The tool is still running and owns the process: replace the worker so the
                 # slot really becomes free (like a hard time limit).
                 log.warning("call %r timed out on %s; replacing the worker", tool, worker.worker_id)
                 self._mark_dead(worker, generation)
                 worker.kill()
+                replaced = f"; worker {worker.worker_id} was killed and is being restarted"
             return ExecutionTimeout(
-                f"call {tool!r} did not finish before its deadline", {"worker_id": worker.worker_id}
+                f"call {tool!r} did not finish within its timeout{_limit(timeout)} (queueing "
+                f"and running){replaced}; pass a larger timeout= if it needs longer",
+                {"worker_id": worker.worker_id, "timeout": timeout},
             )
         status = worker.exit_status(wait=2.0) if worker.generation == generation else None
         details: dict[str, Any] = {"worker_id": worker.worker_id, "tool": tool, "pid": worker.pid}
@@ -191,6 +204,11 @@ class WorkerCalls:
             f"({code.name if code else exc})",
             details,
         )
+
+
+def _limit(timeout: float | None) -> str:
+    """`` of N s`` for a message, or "" when the limit is not known."""
+    return f" of {timeout:g} s" if timeout else ""
 
 
 def error_from_info(info: pb.ErrorInfo, worker_id: str) -> SnakepitError:

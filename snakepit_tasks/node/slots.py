@@ -97,6 +97,26 @@ class Slots:
                     )
                 self.cond.wait(min(remaining, 1.0))
 
+    def free(self) -> int:
+        """Slots free right now on ready workers."""
+        with self.cond:
+            return sum(max(0, w.capacity - w.inflight) for w in self.workers
+                       if w.state == "ready")
+
+    def wait_for_free(self, timeout: float, reserved: Callable[[], int] = lambda: 0) -> bool:
+        """Wait up to ``timeout`` seconds until more slots are free than ``reserved()``;
+        False on timeout or once the node hands out no more slots."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self._closed:
+                if self.free() > reserved():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.cond.wait(remaining)
+            return False
+
     def release(self, worker: AdapterWorker) -> None:
         """Give back a slot taken with :meth:`acquire`; recycle the worker if it is due."""
         with self.cond:
@@ -109,7 +129,7 @@ class Slots:
             if worker.state == "recycling" and worker.inflight == 0:
                 worker.state = "starting"
                 self._recycle(worker)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def recycle_if_idle(self, worker: AdapterWorker) -> None:
         """Replace ``worker`` now if it is ready, idle and due (else :meth:`release` will)."""

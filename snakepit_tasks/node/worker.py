@@ -82,6 +82,7 @@ class AdapterWorker:
         self.run_id = run_id
         self.instance = instance
         self.env = env
+        self.host_tools_socket = ""  # the node's HostTools socket, passed to the runtime
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
         self.stub: pb_grpc.AdapterRuntimeStub | None = None
@@ -127,6 +128,8 @@ class AdapterWorker:
             "--instance",
             self.instance,
         ]
+        if self.host_tools_socket:
+            cmd += ["--host-tools-socket", self.host_tools_socket]
         try:
             self.process = subprocess.Popen(
                 cmd,

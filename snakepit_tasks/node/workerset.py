@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 
 from ..config import PoolConfig, Settings
+from . import run_dirs
 from .heartbeat import Heartbeats
 from .registry import ProcessRegistry
 from .restarts import RestartLimit
@@ -51,7 +51,13 @@ class WorkerSet:
         self.registry = ProcessRegistry(
             settings.data_dir or None, settings.instance_name, settings.instance_token
         )
-        self.run_dir = tempfile.mkdtemp(prefix="snakepit-")  # mode 0700
+        # Made by start() (after the sweep of dead runs' directories), removed by stop().
+        self._run_path = run_dirs.run_dir(
+            self.registry.data_dir, settings.instance_name, run_id or f"pid{os.getpid()}"
+        )
+        self.run_dir = str(self._run_path)
+        n_workers = count if count is not None else pool.pool_size
+        run_dirs.check_socket_room(self._run_path, f"w{max(0, n_workers - 1)}.sock")
         env = worker_env(dict(os.environ), pool.worker_profile, pool.adapter_env)
         self.workers = [
             AdapterWorker(
@@ -64,7 +70,7 @@ class WorkerSet:
                 instance=instance,
                 env=env,
             )
-            for i in range(count if count is not None else pool.pool_size)
+            for i in range(n_workers)
         ]
         self._cond = threading.Condition()
         self._restarts: queue.Queue[tuple[AdapterWorker, str] | None] = queue.Queue()
@@ -83,6 +89,8 @@ class WorkerSet:
             settings.worker_starter_max_restarts, settings.worker_starter_max_seconds
         )
         self._supervisor: threading.Thread | None = None
+        #: Called after a slot is taken or given back (the node republishes its lease).
+        self.on_change: Callable[[], None] = lambda: None
 
     # -- life cycle ----------------------------------------------------------------------
     @property
@@ -100,8 +108,10 @@ class WorkerSet:
         if swept:
             log.warning("killed %d leftover adapter process(es) of earlier runs: %s",
                         len(swept), swept)
+        run_dirs.sweep(self._run_path.parent, keep=self._run_path)
         self.registry.begin_run(self.run_id, self.node_name)
         try:
+            run_dirs.create(self._run_path)
             for first in range(0, len(self.workers), max(1, batch)):
                 if first:
                     time.sleep(delay)
@@ -145,12 +155,7 @@ class WorkerSet:
         for t in threads:
             t.join(grace + 5)
         self.registry.end_run(self.run_id)
-        try:
-            for name in os.listdir(self.run_dir):
-                os.unlink(os.path.join(self.run_dir, name))
-            os.rmdir(self.run_dir)
-        except OSError:
-            pass
+        run_dirs.remove(self._run_path)
 
     def drain(self) -> None:
         """Take no new calls: calls waiting for a slot leave (their messages are requeued)."""
@@ -280,11 +285,18 @@ class WorkerSet:
     ) -> AdapterWorker:
         """Take a slot on a ready worker (``worker_id``'s if given, never ``exclude``'s)
         before ``deadline``; untainted, least-loaded workers first."""
-        return self._slots.acquire(deadline, worker_id, exclude)
+        worker = self._slots.acquire(deadline, worker_id, exclude)
+        self.on_change()
+        return worker
 
     def release(self, worker: AdapterWorker) -> None:
         """Give back a slot taken with :meth:`acquire`; recycle the worker if it is due."""
         self._slots.release(worker)
+        self.on_change()
+
+    def wait_for_free_slot(self, timeout: float, reserved: Callable[[], int] = lambda: 0) -> bool:
+        """Wait until more slots are free than ``reserved()`` (see Slots.wait_for_free)."""
+        return self._slots.wait_for_free(timeout, reserved)
 
     # -- the hand-off (see .rpc) ---------------------------------------------------------
     def execute_on(
@@ -296,10 +308,12 @@ class WorkerSet:
         deadline: float,
         call_id: str = "",
         session_id: str = "",
+        timeout: float | None = None,
     ) -> Any:
         """Run ``command`` on ``worker`` (a slot taken with :meth:`acquire`); its result."""
         return self._calls.execute(
-            worker, command, args, deadline=deadline, call_id=call_id, session_id=session_id
+            worker, command, args, deadline=deadline, call_id=call_id, session_id=session_id,
+            timeout=timeout,
         )
 
     def stream_on(
@@ -313,10 +327,11 @@ class WorkerSet:
         cancelled: threading.Event,
         call_id: str = "",
         session_id: str = "",
+        timeout: float | None = None,
     ) -> Any:
         """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
         final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
         return self._calls.stream(
             worker, command, args, deadline=deadline, on_chunk=on_chunk, cancelled=cancelled,
-            call_id=call_id, session_id=session_id,
+            call_id=call_id, session_id=session_id, timeout=timeout,
         )

@@ -58,6 +58,7 @@ class Stream:
         self.result: Any = None
         self.done = False
         self.pool = pool
+        self.limit = max(0.0, deadline - time.time())  # the call's timeout, for messages
         self._started = False
         self._seq = after
         settings = app.snakepit_settings
@@ -136,8 +137,9 @@ class Stream:
             if self.owner:
                 self.cancel()
             raise ExecutionTimeout(
-                f"streaming call {self.call_id} did not finish within its timeout",
-                {"task_id": self.call_id},
+                f"streaming call {self.call_id} did not finish within its timeout of "
+                f"{self.limit:.3g} s; pass a larger timeout= if it needs longer",
+                {"task_id": self.call_id, "timeout": self.limit},
             ) from None
 
     def _finish(self, fields: dict[bytes, bytes]) -> None:

@@ -69,8 +69,12 @@ class StreamReader:
             try:
                 reply: Any = self.client.xread(streams, count=1000, block=BLOCK_MS)
             except redis.RedisError as exc:
-                (log.debug if failing else log.warning)("stream reader: %s; retrying", exc)
-                failing = True
+                idle = len(streams) == 1  # only the wake stream: no call waits for chunks
+                if failing or idle:
+                    log.debug("stream reader: %s; retrying", exc)
+                else:
+                    log.warning("stream reader: %s; retrying", exc)
+                    failing = True
                 time.sleep(0.5)
                 continue
             if failing:

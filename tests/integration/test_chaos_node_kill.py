@@ -60,7 +60,14 @@ def bind_session(app: Any, want: NodeHandle, tag: str) -> str:
 
 
 def queued(r: Any, queue: str) -> int:
-    return kombu_redis.queue_length(r, queue)
+    """Calls waiting in a pool or node queue, on either lane; for a node, also the fast-lane
+    calls it holds without running them yet (a Celery thread holds its message unacked)."""
+    count = kombu_redis.queue_length(r, queue)
+    kind, _, name = queue.partition(".")[2].partition(".")
+    if kind == "pool":
+        return count + int(r.llen(keys.fast_pool_queue(name)))
+    return count + int(r.llen(keys.fast_node_queue(name))) + int(
+        r.llen(keys.fast_processing(name)))
 
 
 def call_state(r: Any, task_id: str) -> str | None:
@@ -103,7 +110,8 @@ def test_a_killed_node_fails_its_strict_session_calls_and_hint_calls_move_on(
         lambda: sp.execute_in_session(s_strict, "ping", affinity="strict_queue", timeout=120,
                                       app=app))))
     sync_caller.start()
-    # One pinned call is held by A's second Celery thread, the two others wait in A's queue.
+    # One pinned call is held by A's second Celery thread, the two others wait in A's queue
+    # (on the fast lane the synchronous one is held by a fast-lane thread of A instead).
     wait_until(lambda: queued(r, keys.node_queue(a.name)) == 2, timeout=15,
                message="two calls queued on A")
     hint = sp.execute_in_session_async(s_hint, "sleep", {"seconds": 0.1}, app=app)

@@ -13,14 +13,13 @@ from helpers import (
     REPO,
     WHOAMI,
     WHOAMI_ENV,
-    ProcessTracker,
     children,
     cli_command,
     cmdline,
     descendants,
     pool_table,
+    run_cli,
     subprocess_env,
-    terminate,
     unique_pool,
     wait_until,
 )
@@ -28,23 +27,6 @@ from helpers import (
 from snakepit_tasks import caller, connections, errors, pool_state
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def run_cli(args: list[str], env: dict[str, str], pids: ProcessTracker,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``snakepit-tasks ARGS`` to completion, tracking every process it starts."""
-    proc = subprocess.Popen(
-        [*cli_command(), *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    pids.track(proc.pid)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        terminate(proc, 10)
-        out, err = proc.communicate()
-        pytest.fail(f"snakepit-tasks {' '.join(args)} did not finish in {timeout}s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def published_pids(redis_url: str, pool: str) -> dict[str, int]:
@@ -149,7 +131,7 @@ def test_doctor_with_a_good_config(redis_url, pids):
     done = run_cli(["doctor"], env, pids)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[FAIL]" not in done.stdout
-    assert "[ok] redis reachable" in done.stdout
+    assert "[ok]   redis reachable" in done.stdout
     assert "adapters.showcase:ShowcaseAdapter imports" in done.stdout
 
 

@@ -81,6 +81,10 @@ def test_sigkill_between_calls_then_the_next_calls_succeed(node):
     n = node()
     (pid,) = n.worker_pids()
     os.kill(pid, signal.SIGKILL)
+    # Once the process has died (a zombie is enough: the node sees it without reaping), the
+    # next call never reaches it. A call sent in the microseconds while it dies may be
+    # reported as WorkerCrashed: nothing tells those apart from a call it crashed on.
+    wait_until(lambda: dead(pid), timeout=10, message="the runtime dead")
     for _ in range(3):
         result = sp.execute("ping", timeout=30, app=n.app)
         assert result["pid"] != pid

@@ -225,3 +225,24 @@ def test_stream_in_a_session_lands_on_the_bound_worker(node):
     assert [c["i"] for c in iterated] == [1, 2]
     assert iterated.result["pid"] == first["pid"]
     assert sp.sessions.get(sid, app=n.app)["worker"] == info["worker"]
+
+
+def test_a_tool_that_does_not_stream_yields_its_result_as_the_one_chunk(node):
+    """stream()/execute_stream() of a plain tool: one chunk holding its result, which is also
+    the stream's final result (README "Streaming")."""
+    n = node(pool_size=1)
+    chunks, result = collect("add", {"a": 2, "b": 40}, n.app, timeout=60)
+    assert result == 42
+    assert [{k: v for k, v in c.items() if k != "_metadata"} for c in chunks] == [
+        {"data": 42, "is_final": False}
+    ]
+    assert chunks[0]["_metadata"]["seq"] == 1
+
+    it = sp.stream("ping", app=n.app, timeout=60)
+    [chunk] = list(it)
+    assert chunk["status"] == "pong" and chunk["is_final"] is False
+    assert it.result == {k: v for k, v in chunk.items() if k not in ("is_final", "_metadata")}
+    assert_served_by(n, it.result)
+
+    with pytest.raises(errors.AdapterError, match="no chunks for you"):
+        collect("fail", {"message": "no chunks for you"}, n.app, timeout=60)

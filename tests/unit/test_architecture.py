@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = "snakepit_tasks"
 ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 #: Top-level programs that may start or inspect nodes in-process.
-NODE_USERS = {f"{PACKAGE}.cli"}
+NODE_USERS = {f"{PACKAGE}.cli", f"{PACKAGE}.commands.doctor"}
 
 
 def module_name(path: Path) -> str:

@@ -26,7 +26,8 @@ def test_worker_with_repeated_pools() -> None:
     assert ns.command == "worker"
     assert ns.pool == ["a", "b"]
     assert ns.name is None
-    assert ns.loglevel == "info"
+    assert ns.loglevel is None  # info, without Celery's banner unless -l info or --banner
+    assert ns.banner is False
     assert ns.fn is cli.cmd_worker
 
 
@@ -133,3 +134,77 @@ def test_setup_reports_stubs_up_to_date(capsys: pytest.CaptureFixture[str]) -> N
     pytest.importorskip("grpc_tools")
     assert cli.main(["setup"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_gen_adapter_writes_its_test_and_the_next_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["gen", "adapter", "my_thing", "--dir", str(tmp_path)]) == 0
+    test = (tmp_path / "test_my_thing.py").read_text()
+    assert 'MODULE = "my_thing"' in test and 'POOL = "test-my_thing"' in test
+    assert "MyThingAdapter" in test and "template" not in test.lower()
+    out = capsys.readouterr().out
+    folder = tmp_path.resolve()
+    assert f"wrote {folder / 'my_thing.py'}" in out
+    assert f"wrote {folder / 'test_my_thing.py'}" in out
+    assert f"PYTHONPATH={folder}" in out  # how to make it importable
+    assert '[[pools]]\n       name = "my_thing"\n       adapter = "my_thing:MyThingAdapter"' in out
+    assert f"python -m pytest {folder / 'test_my_thing.py'}" in out
+    assert "snakepit-tasks worker --pool my_thing" in out
+
+
+def test_gen_adapter_refuses_to_overwrite_a_test(tmp_path: Path) -> None:
+    (tmp_path / "test_taken.py").write_text("# mine\n")
+    assert cli.main(["gen", "adapter", "taken", "--dir", str(tmp_path)]) == 2
+    assert not (tmp_path / "taken.py").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["worker"], ["demo"], ["status"], ["doctor"], ["hardware"], ["setup"], ["gen"],
+     ["gen", "adapter"]],
+)
+def test_every_command_explains_itself_and_its_exit_codes(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "  2    bad command line or configuration" in out
+    assert "usage: snakepit-tasks" in out
+
+
+def test_status_documents_the_redis_down_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["status", "--help"])
+    out = capsys.readouterr().out
+    assert f"  {cli.EXIT_UNAVAILABLE}   Redis could not be reached" in out
+    assert "  1    a configured pool has no live node" in out
+
+
+def test_config_may_follow_the_command() -> None:
+    ns = cli.build_parser().parse_args(["status", "--config", "x.toml", "--json"])
+    assert ns.config == "x.toml" and ns.json
+    ns = cli.build_parser().parse_args(["--config", "y.toml", "status"])
+    assert ns.config == "y.toml"
+
+
+def test_worker_shows_celerys_banner_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from snakepit_tasks import supervisor
+
+    seen: list[tuple[str, bool]] = []
+
+    class FakeSupervisor:
+        def __init__(self, settings: object, specs: object, loglevel: str,
+                     banner: bool = False) -> None:
+            seen.append((loglevel, banner))
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(supervisor, "Supervisor", FakeSupervisor)
+    for argv in (["worker"], ["worker", "-l", "warning"], ["worker", "-l", "info"],
+                 ["worker", "-l", "warning", "--banner"]):
+        assert cli.main(argv) == 0
+    assert seen == [("info", False), ("warning", False), ("info", True), ("warning", True)]

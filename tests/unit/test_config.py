@@ -14,6 +14,7 @@ from snakepit_tasks.config import (
     REMOVED_SETTINGS,
     PoolConfig,
     Settings,
+    config_source,
     load_settings,
 )
 from snakepit_tasks.errors import ConfigurationError
@@ -310,6 +311,62 @@ def test_unknown_setting_in_file_is_named(tmp_path: Path) -> None:
     cfg = write(tmp_path / "sp.toml", "colour = 'blue'\n")
     with pytest.raises(ConfigurationError, match="colour"):
         load_settings(cfg)
+
+
+def test_unknown_setting_in_a_file_names_the_file_and_the_closest_setting(
+    tmp_path: Path,
+) -> None:
+    cfg = write(tmp_path / "sp.toml", "pool_queue_timout = 5\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(cfg)
+    message = str(info.value)
+    assert str(cfg) in message
+    assert "pool_queue_timout (did you mean pool_queue_timeout?)" in message
+
+
+def test_pool_instead_of_pools_is_pointed_out(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "sp.toml", "[[pool]]\nname = 'a'\n")
+    with pytest.raises(ConfigurationError, match=r"\[\[pool\]\] \(did you mean \[\[pools\]\]\?\)"):
+        load_settings(cfg)
+
+
+def test_unknown_keyword_is_suggested() -> None:
+    with pytest.raises(ConfigurationError, match=r"keyword arguments: redis_ulr \(did you mean "
+                       r"redis_url\?\)"):
+        load_settings(redis_ulr="redis://x")
+
+
+def test_unknown_pool_key_is_suggested() -> None:
+    with pytest.raises(ConfigurationError, match=r"adaptor \(did you mean adapter\?\)"):
+        load_settings(pools=[{"name": "a", "adaptor": "m:C"}])
+
+
+def test_a_bad_value_in_a_file_names_the_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "sp.toml", "[[pools]]\nname = 'a'\nworker_profile = 'proc'\n")
+    with pytest.raises(ConfigurationError, match="worker_profile") as info:
+        load_settings(cfg)
+    assert str(cfg) in str(info.value)
+
+
+def test_config_source_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = config_source()
+    assert source.file is None and source.env == ()
+    assert "no configuration file" in source.describe()
+    assert "one pool 'default' on the showcase adapter" in source.describe()
+    monkeypatch.setenv("SNAKEPIT_REDIS_URL", "redis://elsewhere:6379/0")
+    assert config_source().env == ("SNAKEPIT_REDIS_URL",)
+    assert "environment: SNAKEPIT_REDIS_URL" in config_source().describe()
+
+
+def test_config_source_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      _empty_cwd: Path) -> None:
+    cfg = write(tmp_path / "sp.toml", "pool_queue_timeout = 5\n")
+    monkeypatch.setenv("SNAKEPIT_CONFIG", str(cfg))
+    assert config_source().file == cfg.resolve()
+    assert config_source().describe().startswith(f"file {cfg.resolve()}")
+    monkeypatch.delenv("SNAKEPIT_CONFIG")
+    write(_empty_cwd / "pyproject.toml", "[tool.snakepit]\npool_queue_timeout = 5\n")
+    assert config_source().describe() == f"[tool.snakepit] in {_empty_cwd / 'pyproject.toml'}"
 
 
 def test_unknown_pool_key_is_named() -> None:

@@ -106,14 +106,17 @@ def test_unknown_pool_lists_known_pools(settings: Settings, r: fakeredis.FakeRed
     r.sadd(keys.pools(), "remote")
     with pytest.raises(PoolNotFound, match="'nope'") as info:
         routing.prepare(settings, ("ping", {}), {"pool": "nope"})
-    assert info.value.details == {"pool": "nope", "known": ["a", "b", "remote"]}
+    assert info.value.details == {"pool": "nope", "known": ["a", "b", "remote"],
+                                  "redis_url": settings.redis_url}
     assert "a, b, remote" in str(info.value)
+    assert f"on Redis {settings.redis_url}" in str(info.value)
 
 
 def test_configured_pool_without_live_node(settings: Settings, r: fakeredis.FakeRedis) -> None:
     with pytest.raises(NoWorkersAvailable, match="snakepit-tasks worker --pool a") as info:
         routing.prepare(settings, ("ping", {}), {})
-    assert info.value.details == {"pool": "a"}
+    assert info.value.details == {"pool": "a", "redis_url": settings.redis_url}
+    assert f"no live node serves pool 'a' on Redis {settings.redis_url}" in str(info.value)
 
 
 def test_pool_known_from_redis_but_dead(settings: Settings, r: fakeredis.FakeRedis) -> None:
@@ -195,7 +198,7 @@ def test_check_pool(settings: Settings, r: fakeredis.FakeRedis) -> None:
     routing.check_pool(settings, "a")
 
 
-# -- sessions and affinity (DESIGN.md "Sessions and affinity") ------------------------------
+# -- sessions and affinity (docs/architecture.md "Sessions and affinity") ----------------
 
 
 def bind_session(

@@ -271,11 +271,11 @@ def test_stream_unknown_tool(showcase: AdapterServicer) -> None:
     assert inflight(showcase) == 0
 
 
-def test_stream_of_a_plain_tool_is_just_the_final(showcase: AdapterServicer) -> None:
+def test_stream_of_a_plain_tool_is_its_result_as_one_chunk(showcase: AdapterServicer) -> None:
     chunks = collect(showcase, request("add", {"a": 1, "b": 1}))
-    assert len(chunks) == 1
-    assert chunks[0].is_final
-    assert json.loads(chunks[0].result.data) == 2
+    assert [(c.seq, c.is_final) for c in chunks] == [(1, False), (2, True)]
+    assert json.loads(chunks[0].data.data) == 2
+    assert json.loads(chunks[1].result.data) == 2
 
 
 def test_stream_return_value_and_cleanup(recording: AdapterServicer) -> None:
