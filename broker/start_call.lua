@@ -6,7 +6,8 @@
 --   3. count the worker busy.
 --
 -- KEYS[1] call state        snakepit:call:<call_id>
---                           ('taken:<node>' waiting for a slot | 'started:<node>' | 'timed_out')
+--                           ('taken:<node>' waiting for a slot | 'started:<node>'
+--                            | 'done:<node>' ran to its end, outcome sent | 'timed_out')
 -- KEYS[2] session           snakepit:session:<sid>      (ignored when ARGV[7] == '')
 -- KEYS[3] session index     snakepit:sessions            (zset sid -> last use)
 -- KEYS[4] busy              snakepit:node:<node>:busy    (hash worker -> calls in flight)
@@ -20,6 +21,7 @@
 -- Returns {status, bound worker, bound node, new session ('1'/'0'), started by}
 --   status: 'ok' | 'moved' (session lives on another worker) | 'timed_out' | 'quota'
 --           | 'duplicate' (started before by the node in the 5th element: a copy)
+--           | 'done' (a copy of a call that the node in the 5th element finished)
 local worker, node, pool = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local sid, bind = ARGV[7], ARGV[8]
@@ -60,7 +62,12 @@ if not redis.call('SET', KEYS[1], started, 'NX', 'PX', ARGV[9]) then
   if holder == 'timed_out' then
     return {'timed_out', bound, bound_node, new, ''}
   end
-  holder = string.sub(holder, 9)  -- 'started:<node>'
+  local kind, by = string.match(holder, '^(%a+):(.*)$')  -- 'started:<node>' | 'done:<node>'
+  holder = by or ''
+  if kind == 'done' then
+    -- A copy of a call that ran to its end: its outcome is out, so never run it again.
+    return {'done', bound, bound_node, new, holder}
+  end
   -- A copy of a call that started before: run it again only when its node is gone and
   -- the tool is idempotent (the caller of this script decides both).
   if ARGV[10] ~= '1' or ARGV[11] == '' or holder ~= ARGV[11] then

@@ -29,6 +29,8 @@ SHOWCASE = "adapters.showcase:ShowcaseAdapter"
 # runtimes through the pool's adapter_env.
 WHOAMI = "itest_adapters:WhoAmIAdapter"
 WHOAMI_ENV = {"PYTHONPATH": str(INTEGRATION)}
+# The showcase tools plus tools that record each run's call id in a file (same adapter_env).
+RECORDING = "itest_adapters:RecordingAdapter"
 
 NODE_STOP_TIMEOUT = 30.0
 _data_dir: list[str] = []

@@ -1,9 +1,10 @@
 """The exactly-once claim: a node takes a worker slot for a call and claims the call in Redis.
 
 Read with ``broker/start_call.lua`` and ``broker/give_up_call.lua``. A call either starts on
-one worker (``started:<node>``) or times out in the queue (``timed_out``), never both: the
-caller and the node race through those two scripts. While a node holds a call waiting for a
-slot it marks it ``taken:<node>``, so a janitor can re-route it if the node dies.
+one worker (``started:<node>``, then ``done:<node>`` once its outcome is sent) or times out
+in the queue (``timed_out``), never both: the caller and the node race through those two
+scripts. While a node holds a call waiting for a slot it marks it ``taken:<node>``, so a
+janitor can re-route it if the node dies.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ CALL_STATE_MARGIN_MS = 60_000
 
 
 class DuplicateCopy(Exception):  # noqa: N818 - control flow, never reaches a caller
-    """A copy of a call that another live node started: dropped, that node answers."""
+    """A copy of a call that another live node started, or that a node finished: dropped,
+    the call has (or will have) its outcome from that node."""
 
     def __init__(self, call_id: str, holder: str) -> None:
         super().__init__(call_id, holder)
@@ -114,6 +116,8 @@ class Claims:
             if status == "ok":
                 return Claimed(slot, new and bool(session_id))
             self.workers.release(slot)
+            if status == "done":  # it ran to its end: its outcome is out already
+                raise DuplicateCopy(call_id, holder)
             if status == "moved":
                 if bound_node == self.node and bound in ids:
                     wanted = bound

@@ -2,9 +2,10 @@
 
 A dead node's queue is consumed by nobody, and Redis restores its unacknowledged messages
 back into queues after ``visibility_timeout``. For every such message the janitor either
-re-routes it to the pool queue (safe: not started, and no strict session), or fails it in the
-result backend (and to a waiting caller) with SessionWorkerUnavailable or WorkerCrashed, so
-nobody waits on PENDING for ever. It keeps watching a dead node's queue for
+drops it (the call had its outcome before the node died), re-routes it to the pool queue
+(safe: not started, and no strict session), or fails it in the result backend (and to a
+waiting caller) with SessionWorkerUnavailable or WorkerCrashed, so nobody waits on PENDING for
+ever and no call gets a second outcome. It keeps watching a dead node's queue for
 ``visibility_timeout`` after the death (then removes its session bindings), clears its taints
 and busy counts, and records the backlog it found.
 """
@@ -15,6 +16,8 @@ import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+
+from celery import states
 
 from .. import connections, fast_lane, keys, kombu_redis, lua, replies, session_store, telemetry
 from ..call import Call
@@ -127,7 +130,7 @@ class Janitor:
                 self._forget_workers(name)
             backlog[name] = self._drain(name) + self._drain_fast(name)
         if dead:
-            self._recover_unacked(set(dead))
+            self._recover_unacked(set(dead), max(watched[n] for n in dead))
         for name, since in watched.items():
             if name in dead and now - since > self.node.settings.visibility_timeout + 60:
                 self._forget_sessions(name)
@@ -153,9 +156,20 @@ class Janitor:
                 self._handle(bytes(raw), started=False)
         return count
 
-    def _recover_unacked(self, dead: set[str]) -> None:
+    def _recover_unacked(self, dead: set[str], seen_dead_at: float) -> None:
         """Messages a dead node had taken but not acknowledged: decide now rather than when
-        Redis restores them after visibility_timeout."""
+        Redis restores them after visibility_timeout.
+
+        A message with no call state at all was pulled from a queue by a node that died before
+        it marked the call (a live node marks or starts a call moments after it receives it):
+        one from this pool's queues, delivered before the latest death was seen and longer
+        ago than a lease lasts, is re-routed too. Should a live node hold it after all,
+        start_call.lua still lets only one of the two copies start."""
+        index: Any = self.r.zrange(kombu_redis.UNACKED_INDEX, 0, -1, withscores=True)
+        delivered: dict[Any, float] = dict(index)
+        lease_s = self.node.settings.node_lease_ttl_ms / 1000
+        stale_before = min(seen_dead_at, time.time() - lease_s)
+        queues = {keys.pool_queue(self.pool), *(keys.node_queue(n) for n in dead)}
         for tag, entry in self.r.hgetall(kombu_redis.UNACKED).items():
             try:
                 raw = kombu_redis.unacked_message(entry)
@@ -166,12 +180,15 @@ class Janitor:
             call_id = kombu_redis.message_id(message)
             call_state = connections.text(self.r.get(keys.call_state(call_id)) or b"")
             kind, _, holder = call_state.partition(":")
-            owner = holder if kind == "started" else None  # the node that ran it
+            owner = holder if kind in ("started", "done") else None  # the node that ran it
             taker = holder if kind == "taken" else None  # the node that held it, not started
             queued_for_dead = bool(call.worker) and any(
                 (call.worker or "").startswith(n + "/") for n in dead
             )
-            if owner not in dead and taker not in dead and not (
+            abandoned = not call_state and _routing_key(message) in queues and (
+                delivered.get(tag, float("inf")) < stale_before
+            )
+            if owner not in dead and taker not in dead and not abandoned and not (
                 owner is None and queued_for_dead
             ):
                 continue
@@ -181,9 +198,12 @@ class Janitor:
                 pipe.zrem(kombu_redis.UNACKED_INDEX, tag)
                 removed = pipe.execute()[0]
             if removed:
-                self._handle(raw, started=owner is not None, taken_by=taker)
+                self._handle(raw, started=owner is not None, taken_by=taker,
+                             finished=kind == "done")
 
-    def _handle(self, raw: bytes, *, started: bool, taken_by: str | None = None) -> None:
+    def _handle(
+        self, raw: bytes, *, started: bool, taken_by: str | None = None, finished: bool = False
+    ) -> None:
         try:
             message, kwargs = kombu_redis.decode_message(raw)
             call = Call.parse((), kwargs)
@@ -191,6 +211,15 @@ class Janitor:
             log.error("janitor: dropping an undecodable message (%s): %r", exc, raw[:200])
             return
         call_id = kombu_redis.message_id(message)
+        if started and self._has_outcome(call_id, call, finished=finished):
+            log.info("janitor: call %s (%s) had its outcome before its node died; dropped its "
+                     "message", call_id, call.command)
+            return
+        if finished:  # ran, but its node died before Celery stored the result
+            self._fail(call_id, call, WorkerCrashed(
+                f"the node that ran call {call.command!r} died before its result was stored; "
+                "it is not run again", {"call_id": call_id}))
+            return
         refusal = self._verdict(call, call_id, started)
         if refusal is not None:
             self._fail(call_id, call, refusal)
@@ -203,6 +232,23 @@ class Janitor:
         log.info("janitor: re-routed call %s (%s) to %s", call_id, call.command, pool_queue)
         telemetry.emit(("snakepit", "janitor", "rerouted"), {}, {
             "call_id": call_id, "tool": call.command, "pool": self.pool, "queue": pool_queue})
+
+    def _has_outcome(self, call_id: str, call: Call, *, finished: bool) -> bool:
+        """Whether a call that a dead node started already has its one outcome: stored in the
+        result backend, a stream's final entry (then stored in the backend too, so every reader
+        agrees), or a direct reply pushed when it finished (``done:<node>``)."""
+        if self.app.backend.get_task_meta(call_id, cache=False)["status"] in states.READY_STATES:
+            return True
+        if call.stream:
+            last: Any = self.r.xrevrange(keys.stream(call_id), count=1)
+            fields: dict[bytes, bytes] = last[0][1] if last else {}
+            if entries.FINAL in fields:
+                try:
+                    self.app.backend.mark_as_done(call_id, entries.outcome(fields))
+                except SnakepitError as exc:
+                    self.app.backend.mark_as_failure(call_id, exc)
+                return True
+        return finished and call.reply
 
     def _drain_fast(self, node: str) -> int:
         """The dead node's fast-lane calls: those it had taken (its processing list), then
@@ -288,3 +334,11 @@ class Janitor:
         for info in session_store.list_sessions(self.r, self.pool):
             if info.get("node") == node:
                 session_store.unbind(self.r, info["session_id"])
+
+
+def _routing_key(message: dict[str, Any]) -> str:
+    """The queue a kombu envelope was delivered from ('' when it does not say)."""
+    properties = message.get("properties")
+    info = properties.get("delivery_info") if isinstance(properties, dict) else None
+    key = info.get("routing_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else ""

@@ -384,6 +384,7 @@ class Node:
                 errors=1 if failure else 0,
                 requests=0 if requeued else 1,
                 busy_worker=last.worker_id if last is not None else None,
+                ran=None if requeued else call_id,
                 on_finish=None if requeued else on_finish,
             )
 
@@ -467,12 +468,15 @@ class Node:
         errors: int = 0,
         requests: int = 1,
         busy_worker: str | None = None,
+        ran: str | None = None,
         on_finish: Callable[[Any], None] | None = None,
     ) -> None:
-        """One round trip after a call: counters, busy count, the caller's reply, and
-        ``on_finish(pipeline)`` (the fast lane clears its processing entry there)."""
+        """One round trip after a call, all or nothing (MULTI/EXEC): counters, busy count, the
+        caller's reply, ``on_finish(pipeline)`` (the fast lane clears its processing entry
+        there), and for a call that ran (``ran``: its id) the state ``done:<node>``, so a
+        janitor never gives a call that had its outcome another one."""
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
+            with self.redis.pipeline(transaction=True) as pipe:
                 if requests:
                     pipe.hincrby(keys.pool_stats(self.pool.name), "requests", requests)
                 if errors:
@@ -483,6 +487,8 @@ class Node:
                     replies.push(pipe, reply_to, replies.encode_outcome(result, failure))
                 if on_finish is not None:
                     on_finish(pipe)
+                if ran:
+                    pipe.set(keys.call_state(ran), f"done:{self.name}", xx=True, keepttl=True)
                 pipe.execute()
         except Exception:  # bookkeeping must never fail a call; the backend still has it
             log.warning("could not record the end of call %s", reply_to, exc_info=True)

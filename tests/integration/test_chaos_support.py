@@ -127,3 +127,20 @@ def outcome(call: Any, timeout: float = 90.0) -> Any:
         return call.get(timeout=timeout)
     except errors.SnakepitError as exc:
         return exc
+
+
+def start_serving(
+    chaos_node: Callable[..., NodeHandle], app: Any, pool_size: int, timeout: float = 60.0,
+    **kwargs: Any,
+) -> NodeHandle:
+    """Start a node through ``chaos_node`` without reconfiguring the process-wide app (the
+    ``node`` factory's ``make_app`` would close the app that calls in flight still use):
+    wait until its ``pool_size`` workers are published, remember their pids, hand it ``app``."""
+    handle = chaos_node(wait=False, pool_size=pool_size, **kwargs)
+    wait_until(lambda: len(handle.worker_pids()) == pool_size, timeout=timeout,
+               message=lambda: f"{pool_size} ready workers on {handle.name}: "
+                               f"{handle.output()[-2000:]}")
+    for pid in handle.worker_pids():
+        chaos_node.remember(pid)  # type: ignore[attr-defined]
+    handle.app = app
+    return handle
