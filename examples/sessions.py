@@ -21,7 +21,8 @@ def main() -> None:
 
     info = sp.sessions.get("alice")
     say("sessions.get('alice')", {k: info[k] for k in ("worker", "pool")} if info else None)
-    say("sessions in the pool", sorted(s["session_id"] for s in sp.sessions.list_sessions()))
+    pool = sp.default_app().snakepit_settings.default_pool_name
+    say("sessions in the pool", sorted(s["session_id"] for s in sp.sessions.list_sessions(pool)))
     for sid in ("alice", "bob"):
         sp.sessions.delete(sid)
     say("after sessions.delete", sp.sessions.get("alice"))

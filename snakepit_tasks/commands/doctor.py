@@ -194,6 +194,16 @@ def check_devices(settings: Settings) -> list[Check]:
     return found
 
 
+def check_hardware() -> Check:
+    """A one-line summary of this host's hardware (never fails)."""
+    from .. import hardware
+
+    try:
+        return Check("ok", "hardware", hardware.one_line())
+    except Exception as exc:  # detection never stops the doctor
+        return Check("note", "hardware", f"detection failed: {exc!r}")
+
+
 def hardware_lines() -> list[str]:
     from .. import hardware
 
@@ -218,14 +228,15 @@ def run() -> int:
         checks.append(Check("ok", "configuration valid",
                             f"{source.describe()}; {len(settings.pools)} pool(s): {pools}"))
         stubs = check_stubs()
+        checks.append(check_hardware())
         checks.extend([*check_extras(settings), *([stubs] if stubs else []),
                        *check_connections(settings), check_data_dir(settings),
                        *check_adapters(settings), *check_devices(settings)])
     for check in checks:
         print("\n".join(check.lines()), flush=True)
-    from .. import hardware
-
-    print(f"\nhardware: {hardware.one_line()}")
+    print("\nhardware (snakepit_tasks.hardware):")
+    for line in hardware_lines():
+        print(f"  {line}")
     for line in hardware_lines():
         print(f"  {line}")
     failed = [c for c in checks if c.status == "FAIL"]

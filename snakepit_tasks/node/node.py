@@ -352,20 +352,15 @@ class Node:
             outcome = self._stream_guarded(
                 held, command, args, on_chunk=writer.put, cancelled=writer.cancelled, **where
             )
-            writer.finish(outcome)
             return outcome
         except SnakepitError as exc:
             failure = exc
-            if writer:
-                writer.fail(exc)
             raise
         except NodeDraining:
             requeued = True  # goes back to its queue: no reply, no final entry yet
             raise
         except BaseException as exc:
             failure = SnakepitError(f"the call failed on the node: {exc!r}")
-            if writer:
-                writer.fail(failure)
             raise
         finally:
             last = held[0] if held else None
@@ -387,6 +382,13 @@ class Node:
                 ran=None if requeued else call_id,
                 on_finish=None if requeued else on_finish,
             )
+            # The stream's final entry last: a reader that sees it finds the worker free.
+            if writer is not None and not requeued:
+                if failure is None:
+                    writer.finish(outcome)
+                else:
+                    writer.fail(failure if isinstance(failure, SnakepitError)
+                                else SnakepitError(str(failure)))
 
     def _execute_guarded(self, held: list[AdapterWorker], command: str, args: Any,
                          **call: Any) -> Any:

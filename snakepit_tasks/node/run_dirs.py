@@ -1,7 +1,9 @@
 """Run directories: where one run of a node keeps its workers' unix sockets.
 
 A run directory is ``<data_dir>/run/<instance>/<run id>`` (mode 0700): under the node's data
-dir (by default per user, ``~/.local/state/snakepit-tasks``), one folder per instance. It holds
+dir (by default per user, ``~/.local/state/snakepit-tasks``), one folder per instance (under
+``<tmp>/snakepit-<uid>/<hash of data_dir>/`` instead when the data dir's path is too long for
+unix socket paths). It holds
 ``node.json`` (the node's pid and start time, written first) and the sockets. The node removes
 it when it stops; a starting node removes those of earlier runs whose node is gone (killed,
 crashed, failed to start), as the orphan sweep does for their processes. A directory whose
@@ -10,10 +12,12 @@ node still runs (same pid and start time) is never touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,9 +36,20 @@ UNCLAIMED_GRACE_S = 60.0
 MAX_SOCKET_PATH = 107
 
 
+#: Room a run directory must leave for its id and the longest socket name in it.
+SOCKET_ROOM = len("/xxxxxxxxxx/w9999.sock")
+
+
 def runs_root(data_dir: str | os.PathLike[str], instance_name: str) -> Path:
-    """The folder holding the run directories of one instance."""
-    return Path(data_dir) / "run" / file_part(instance_name)
+    """The folder holding the run directories of one instance: under the data dir, or, when
+    that path is too long for unix sockets, under a short per-user folder of the temporary
+    directory named after the data dir (so every node of the instance still finds it)."""
+    root = Path(data_dir) / "run" / file_part(instance_name)
+    if len(os.fsencode(root)) + SOCKET_ROOM <= MAX_SOCKET_PATH:
+        return root
+    digest = hashlib.sha1(os.fsencode(Path(data_dir).resolve())).hexdigest()[:12]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"snakepit-{uid}" / digest / file_part(instance_name)
 
 
 def run_dir(data_dir: str | os.PathLike[str], instance_name: str, run_id: str) -> Path:

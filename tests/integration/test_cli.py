@@ -139,12 +139,13 @@ def test_doctor_prints_the_hardware_and_checks_pool_requirements(redis_url, pids
     good = pool_table(unique_pool(), requires=["cpu"], device="auto")
     done = run_cli(["doctor"], subprocess_env(redis_url, [good]), pids)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "[ok] hardware: Linux" in done.stdout and "cores" in done.stdout
-    assert f"[ok] pool {good['name']}: this host has cpu, auto" in done.stdout
+    assert "hardware: Linux" in done.stdout and "cores" in done.stdout
+    assert f"pool {good['name']}: this host has cpu, auto" in done.stdout
     gpu = pool_table(unique_pool(), requires=["cuda"])
     done = run_cli(["doctor"], subprocess_env(redis_url, [gpu]), pids)
     assert done.returncode == 1
-    assert f"[FAIL] pool {gpu['name']}: host: pool {gpu['name']!r} requires cuda" in done.stdout
+    assert f"[FAIL] pool {gpu['name']}: this host has cuda" in done.stdout
+    assert f"pool {gpu['name']!r} requires cuda" in done.stdout
 
 
 def test_doctor_reports_a_broken_adapter(redis_url, pids):

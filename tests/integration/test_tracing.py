@@ -96,10 +96,29 @@ CHAIN = ["apply_async/snakepit.execute", "run/snakepit.execute", "snakepit.node 
          "snakepit.grpc Execute", "snakepit.runtime Execute", "measured", "work.step"]
 
 
+FAST_CHAIN = ["snakepit.publish measured", "snakepit.node measured", "snakepit.grpc Execute",
+              "snakepit.runtime Execute", "measured", "work.step"]
+
+
+def test_one_trace_across_the_fast_lane(traced: Any, exporter: InMemorySpanExporter) -> None:
+    n = traced
+    app = sp.configure(n.app.snakepit_settings, fast_lane=True)
+    result = sp.execute("measured", app=app)
+    spans = trace_of(n, exporter, "snakepit.execute measured", expected=7)
+    assert_chain(spans, ["snakepit.execute measured", *FAST_CHAIN])
+    assert spans["snakepit.publish measured"]["kind"] == "PRODUCER"
+    assert spans["snakepit.node measured"]["kind"] == "CONSUMER"
+    assert spans["snakepit.node measured"]["pid"] == n.pid
+    for name in ("snakepit.runtime Execute", "measured", "work.step"):
+        assert spans[name]["pid"] == result["pid"]
+    assert len({s["trace_id"] for s in spans.values()}) == 1
+
+
 def test_one_trace_across_the_direct_reply_path(traced: Any,
                                                 exporter: InMemorySpanExporter) -> None:
     n = traced
-    result = sp.execute("measured", app=n.app)
+    app = sp.configure(n.app.snakepit_settings, fast_lane=False)
+    result = sp.execute("measured", app=app)
     spans = trace_of(n, exporter, "snakepit.execute measured", expected=8)
     assert_chain(spans, ["snakepit.execute measured", *CHAIN])
     root = spans["snakepit.execute measured"]

@@ -68,8 +68,12 @@ def test_sweep_of_a_missing_root_finds_nothing(tmp_path: Path) -> None:
     assert run_dirs.sweep(tmp_path / "nothing") == []
 
 
-def test_a_data_dir_too_long_for_sockets_is_a_configuration_error(tmp_path: Path) -> None:
-    path = run_dirs.run_dir(tmp_path / ("x" * 120), "", "r1")
+def test_a_data_dir_too_long_for_sockets_moves_run_dirs_to_a_short_folder(tmp_path: Path) -> None:
+    long_dir = tmp_path / ("x" * 120)
+    path = run_dirs.run_dir(long_dir, "inst", "r1")
+    assert not str(path).startswith(str(long_dir))
+    run_dirs.check_socket_room(path, "w99.sock")  # fits
+    assert path == run_dirs.run_dir(long_dir, "inst", "r1")  # the same for every node
+    assert run_dirs.run_dir(tmp_path / "y", "inst", "r1") == tmp_path / "y" / "run" / "inst" / "r1"
     with pytest.raises(ConfigurationError, match="too long for unix socket paths"):
-        run_dirs.check_socket_room(path, "w0.sock")
-    run_dirs.check_socket_room(run_dirs.run_dir("/tmp/d", "", "r1"), "w0.sock")
+        run_dirs.check_socket_room(tmp_path / ("z" * 120), "w0.sock")
