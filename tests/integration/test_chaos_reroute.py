@@ -92,8 +92,11 @@ def test_a_call_re_routed_twice_while_waiting_for_a_slot_gets_its_real_result(
 ) -> None:
     pool = unique_pool("rr")
     fields = {"adapter": RECORDING, "adapter_env": WHOAMI_ENV}
+    # Celery lane for the synchronous call too: only it holds a call in a thread waiting for
+    # a slot (the fast lane takes a call when a slot is free; its recovery is tested in
+    # tests/integration/test_fast_lane.py).
     app = make_app(pool_table(pool, pool_size=WORKERS, **fields),
-                   pool_queue_timeout=QUEUE_TIMEOUT_MS)
+                   pool_queue_timeout=QUEUE_TIMEOUT_MS, fast_lane=False)
     log = tmp_path / "runs.txt"
 
     def start(name: str) -> NodeHandle:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(180)
 
 def run_dirs_under(data_dir: Path) -> list[Path]:
     """The run directories that exist under ``data_dir`` (every instance)."""
-    root = data_dir / "run"
+    root = run_dirs.runs_root(data_dir, "").parent  # (a short temp folder if data_dir is long)
     return sorted(p for inst in root.glob("*") for p in inst.glob("*")) if root.is_dir() else []
 
 
