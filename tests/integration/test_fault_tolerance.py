@@ -85,6 +85,8 @@ def test_sigkill_between_calls_then_the_next_calls_succeed(node):
     # next call never reaches it. A call sent in the microseconds while it dies may be
     # reported as WorkerCrashed: nothing tells those apart from a call it crashed on.
     wait_until(lambda: dead(pid), timeout=10, message="the runtime dead")
+    wait_until(lambda: n.worker_pids() and pid not in n.worker_pids(), timeout=30,
+               message="the node has seen the death and restarted the worker")
     for _ in range(3):
         result = sp.execute("ping", timeout=30, app=n.app)
         assert result["pid"] != pid

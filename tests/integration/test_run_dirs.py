@@ -49,4 +49,4 @@ def test_a_killed_nodes_run_directory_goes_with_the_next_start(node, tmp_path):
     assert second.stop() == 0, second.output()
     wait_until(lambda: run_dirs_under(data) == [], timeout=30,
                message=lambda: f"run directories left after a clean stop: {run_dirs_under(data)}")
-    assert (data / "run").is_dir()  # the root stays; nothing below it
+    assert run_dirs.runs_root(data, "").parent.is_dir()  # the root stays; nothing below it
