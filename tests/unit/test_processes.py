@@ -12,13 +12,13 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
+from spawned import Spawned
 
 from snakepit_tasks import processes
 from snakepit_tasks.processes import ProcessIdentity, ProcStat
@@ -88,45 +88,9 @@ WATCHER_PARENT = (
 )
 
 
-class Procs:
-    """Starts processes; at teardown kills each one that still runs, by pid."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-        self.others: list[ProcessIdentity] = []
-
-    def python(self, code: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
-        return self.start([sys.executable, "-c", code, *args], **kw)
-
-    def start(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.Popen(argv, cwd=REPO, **kw)
-        self.popens.append(proc)
-        return proc
-
-    def adopt(self, pid: int) -> ProcessIdentity:
-        """Kill ``pid`` (not a child of this process) at teardown too, if it is still the
-        same process."""
-        ident = ProcessIdentity.of(pid)
-        assert ident is not None, f"pid {pid} does not run"
-        self.others.append(ident)
-        return ident
-
-    def close(self) -> None:
-        for ident in self.others:
-            if ident.is_running():
-                os.kill(ident.pid, signal.SIGKILL)
-        for proc in self.popens:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            if proc.stdout:
-                proc.stdout.close()
-
-
 @pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
+def procs() -> Iterator[Spawned]:
+    p = Spawned()
     try:
         yield p
     finally:
@@ -171,7 +135,7 @@ def test_identity_of_self() -> None:
     assert os.getpid() in set(processes.all_pids())
 
 
-def test_identity_of_a_dead_pid_and_of_nonsense(procs: Procs) -> None:
+def test_identity_of_a_dead_pid_and_of_nonsense(procs: Spawned) -> None:
     proc = procs.python(SLEEP)
     ident = ProcessIdentity.of(proc.pid)
     assert ident is not None and ident.is_running()
@@ -186,7 +150,7 @@ def test_identity_of_a_dead_pid_and_of_nonsense(procs: Procs) -> None:
         assert processes.proc_stat(pid) is None
 
 
-def test_pid_reuse_is_detected_by_the_start_time(procs: Procs) -> None:
+def test_pid_reuse_is_detected_by_the_start_time(procs: Spawned) -> None:
     proc = procs.python(SLEEP)
     ident = ProcessIdentity.of(proc.pid)
     assert ident is not None
@@ -218,14 +182,14 @@ def test_stat_is_parsed_around_an_odd_command_name(
 
 
 # -- stopping --------------------------------------------------------------------------------
-def test_terminate_a_child_that_stops_on_sigterm(procs: Procs) -> None:
+def test_terminate_a_child_that_stops_on_sigterm(procs: Spawned) -> None:
     proc = procs.python(SLEEP)
     started = time.monotonic()
     assert processes.terminate(proc, 10.0) == -signal.SIGTERM
     assert time.monotonic() - started < 5.0  # no need to wait the grace out
 
 
-def test_terminate_kills_a_child_that_ignores_sigterm_after_the_grace(procs: Procs) -> None:
+def test_terminate_kills_a_child_that_ignores_sigterm_after_the_grace(procs: Spawned) -> None:
     proc = procs.python(IGNORE_TERM, stdout=subprocess.PIPE)
     assert read_line(proc.stdout) == "ready"
     started = time.monotonic()
@@ -233,7 +197,7 @@ def test_terminate_kills_a_child_that_ignores_sigterm_after_the_grace(procs: Pro
     assert time.monotonic() - started >= 0.45
 
 
-def test_an_ended_child_is_left_alone_and_its_code_returned(procs: Procs) -> None:
+def test_an_ended_child_is_left_alone_and_its_code_returned(procs: Spawned) -> None:
     proc = procs.python("raise SystemExit(3)")
     proc.wait(20)
     [ending] = processes.terminate_all([proc], 1.0)
@@ -242,7 +206,7 @@ def test_an_ended_child_is_left_alone_and_its_code_returned(procs: Procs) -> Non
 
 
 @needs_sleep
-def test_group_terminate_kills_the_grandchildren(procs: Procs) -> None:
+def test_group_terminate_kills_the_grandchildren(procs: Spawned) -> None:
     leader = procs.python(GROUP_LEADER, "ignore-term", stdout=subprocess.PIPE,
                           start_new_session=True)
     grandchild = procs.adopt(int(read_line(leader.stdout)))
@@ -251,7 +215,7 @@ def test_group_terminate_kills_the_grandchildren(procs: Procs) -> None:
 
 
 @needs_sleep
-def test_group_is_killed_after_its_leader_has_ended(procs: Procs) -> None:
+def test_group_is_killed_after_its_leader_has_ended(procs: Spawned) -> None:
     """The leader stops on SIGTERM at once; its child ignores SIGTERM and gets SIGKILL."""
     leader = procs.python(GROUP_LEADER, stdout=subprocess.PIPE, start_new_session=True)
     grandchild = procs.adopt(int(read_line(leader.stdout)))
@@ -263,7 +227,7 @@ def test_group_is_killed_after_its_leader_has_ended(procs: Procs) -> None:
 
 
 @needs_sleep
-def test_group_kill_is_immediate(procs: Procs) -> None:
+def test_group_kill_is_immediate(procs: Spawned) -> None:
     leader = procs.python(GROUP_LEADER, "ignore-term", stdout=subprocess.PIPE,
                           start_new_session=True)
     grandchild = procs.adopt(int(read_line(leader.stdout)))
@@ -272,12 +236,12 @@ def test_group_kill_is_immediate(procs: Procs) -> None:
     assert eventually(gone(grandchild))
 
 
-def test_group_true_for_a_process_that_leads_no_group_signals_it_alone(procs: Procs) -> None:
+def test_group_true_for_a_process_that_leads_no_group_signals_it_alone(procs: Spawned) -> None:
     proc = procs.python(SLEEP)  # in this process's group
     assert processes.terminate(proc, 5.0, group=True) == -signal.SIGTERM
 
 
-def test_terminate_all_waits_one_grace_for_all(procs: Procs) -> None:
+def test_terminate_all_waits_one_grace_for_all(procs: Spawned) -> None:
     children = [procs.python(IGNORE_TERM, stdout=subprocess.PIPE) for _ in range(5)]
     for child in children:
         assert read_line(child.stdout) == "ready"
@@ -292,7 +256,7 @@ def test_terminate_all_waits_one_grace_for_all(procs: Procs) -> None:
 
 
 @needs_sleep
-def test_terminate_a_bare_pid_that_is_not_a_child(procs: Procs) -> None:
+def test_terminate_a_bare_pid_that_is_not_a_child(procs: Spawned) -> None:
     """The grandchild's parent never reaps it: once signalled it is a zombie, which counts
     as ended."""
     parent = procs.python(
@@ -318,7 +282,7 @@ def test_nothing_is_signalled_for_pid_zero_or_below() -> None:
 
 # -- dying with the parent -------------------------------------------------------------------
 @needs_sleep
-def test_children_die_with_their_parent(procs: Procs) -> None:
+def test_children_die_with_their_parent(procs: Spawned) -> None:
     parent = procs.python(INTERMEDIATE, stdout=subprocess.PIPE)
     armed_pid, armed_ok = read_line(parent.stdout).split()
     assert armed_ok == "True"
@@ -338,7 +302,7 @@ def test_watch_parent_fires_once_when_the_parent_is_not_the_one_given() -> None:
     assert not thread.is_alive() and calls == [1]
 
 
-def test_watch_parent_fires_when_the_parent_dies(procs: Procs) -> None:
+def test_watch_parent_fires_when_the_parent_dies(procs: Spawned) -> None:
     parent = procs.python(WATCHER_PARENT, stdout=subprocess.PIPE)
     watcher = procs.adopt(int(read_line(parent.stdout)))
     time.sleep(0.3)

@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spawned import Spawned
 
 from snakepit_tasks.errors import ConfigurationError
 from snakepit_tasks.node.registry import (
@@ -48,35 +48,12 @@ def uid() -> str:
     return uuid.uuid4().hex[:7]
 
 
-class Procs:
-    """Starts processes and kills each by pid (if it is still the same process) at the end."""
+class Procs(Spawned):
+    """:class:`Spawned`, with Python sleepers in their own session by default."""
 
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen[bytes]] = []
-        self.extra: list[tuple[int, int | None]] = []
-
-    def start(self, *args: str, code: str = SLEEP, **kw: Any) -> subprocess.Popen[bytes]:
+    def sleeper(self, *args: str, code: str = SLEEP, **kw: Any) -> subprocess.Popen[bytes]:
         kw.setdefault("start_new_session", True)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args], stdin=subprocess.DEVNULL, **kw
-        )
-        self.popens.append(proc)
-        return proc
-
-    def adopt(self, pid: int) -> None:
-        """Kill ``pid`` at teardown too (not a child of this process)."""
-        self.extra.append((pid, process_start_time(pid)))
-
-    def close(self) -> None:
-        for pid, start in self.extra:
-            if start is not None and process_start_time(pid) == start:
-                os.kill(pid, signal.SIGKILL)
-        for proc in self.popens:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-            if proc.stdout:
-                proc.stdout.close()
+        return self.python(code, *args, **kw)
 
 
 @pytest.fixture
@@ -135,7 +112,7 @@ def test_process_start_time_of_self_and_of_the_gone() -> None:
 
 
 def test_process_start_time_of_a_zombie_is_none(procs: Procs) -> None:
-    proc = procs.start(start_new_session=False)
+    proc = procs.sleeper(start_new_session=False)
     assert process_start_time(proc.pid) is not None
     proc.kill()
     # Not reaped yet: a zombie has ended, so it has no start time to match.
@@ -193,7 +170,7 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
 # -- record / forget / leftovers -------------------------------------------------------------
 def test_record_forget_records(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
-    proc = procs.start("--run-id", run, "--instance", reg.instance_name)
+    proc = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
     assert reg.record(proc.pid, run_id=run, worker_id="n@h/0", node_name="n@h")
     [rec] = reg.records()
     assert rec.pid == proc.pid
@@ -215,7 +192,7 @@ def test_record_forget_records(reg: ProcessRegistry, procs: Procs) -> None:
 
 
 def test_record_of_a_gone_process_records_nothing(reg: ProcessRegistry, procs: Procs) -> None:
-    proc = procs.start()
+    proc = procs.sleeper()
     proc.kill()
     proc.wait(5)
     assert not reg.record(proc.pid, run_id="r", worker_id="w", node_name="n")
@@ -224,7 +201,7 @@ def test_record_of_a_gone_process_records_nothing(reg: ProcessRegistry, procs: P
 
 def test_leftovers(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
-    proc = procs.start("--run-id", run, "--instance", reg.instance_name)
+    proc = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
     reg.record(proc.pid, run_id=run, worker_id="w", node_name="n")
     assert reg.leftovers() == []  # its node (this process) is alive
     orphan(reg)
@@ -235,7 +212,7 @@ def test_leftovers(reg: ProcessRegistry, procs: Procs) -> None:
 
 def test_end_run_drops_ended_processes_and_the_run(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
-    a, b = procs.start("--run-id", run), procs.start("--run-id", run)
+    a, b = procs.sleeper("--run-id", run), procs.sleeper("--run-id", run)
     for p in (a, b):
         reg.record(p.pid, run_id=run, worker_id=str(p.pid), node_name="n")
     a.kill()
@@ -252,7 +229,7 @@ def test_end_run_drops_ended_processes_and_the_run(reg: ProcessRegistry, procs: 
 # -- sweep -----------------------------------------------------------------------------------
 def test_sweep_kills_a_leftover_and_its_group(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
-    proc = procs.start("--run-id", run, "--instance", reg.instance_name, code=PARENT,
+    proc = procs.sleeper("--run-id", run, "--instance", reg.instance_name, code=PARENT,
                        stdout=subprocess.PIPE)
     assert proc.stdout is not None
     grandchild = int(proc.stdout.readline())
@@ -270,7 +247,7 @@ def test_reused_pid_is_never_signalled(reg: ProcessRegistry, procs: Procs) -> No
     """A record whose pid runs with another start time is a reused pid: left alone. The child
     carries no --instance, so the unrecorded-process scan cannot pick it either."""
     run = uid()
-    proc = procs.start("--run-id", run)
+    proc = procs.sleeper("--run-id", run)
     start = process_start_time(proc.pid)
     assert start is not None
     reg.record(proc.pid, run_id=run, worker_id="w", node_name="n")
@@ -288,7 +265,7 @@ def test_reused_pid_is_never_signalled(reg: ProcessRegistry, procs: Procs) -> No
 def test_pid_without_its_run_id_in_the_cmdline_is_not_signalled(
     reg: ProcessRegistry, procs: Procs
 ) -> None:
-    proc = procs.start("--run-id", "someother")
+    proc = procs.sleeper("--run-id", "someother")
     reg.record(proc.pid, run_id=uid(), worker_id="w", node_name="n")
     orphan(reg)
     assert reg.sweep(uid(), grace_s=0.2) == []
@@ -298,7 +275,7 @@ def test_pid_without_its_run_id_in_the_cmdline_is_not_signalled(
 
 def test_current_run_is_kept(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
-    proc = procs.start("--run-id", run, "--instance", reg.instance_name)
+    proc = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
     reg.record(proc.pid, run_id=run, worker_id="w", node_name="n")
     orphan(reg)
     assert reg.sweep(run, grace_s=0.2) == []
@@ -309,8 +286,8 @@ def test_current_run_is_kept(reg: ProcessRegistry, procs: Procs) -> None:
 
 def test_rows_of_vanished_pids_are_removed(reg: ProcessRegistry, procs: Procs) -> None:
     old, current = uid(), uid()
-    a = procs.start("--run-id", old)
-    b = procs.start("--run-id", current)
+    a = procs.sleeper("--run-id", old)
+    b = procs.sleeper("--run-id", current)
     reg.record(a.pid, run_id=old, worker_id="a", node_name="n")
     reg.record(b.pid, run_id=current, worker_id="b", node_name="n")
     for p in (a, b):
@@ -324,10 +301,10 @@ def test_rows_of_vanished_pids_are_removed(reg: ProcessRegistry, procs: Procs) -
 
 def test_live_node_of_the_same_instance_is_protected(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
-    node = procs.start()  # stands in for another live node of this instance
+    node = procs.sleeper()  # stands in for another live node of this instance
     node_start = process_start_time(node.pid)
     assert node_start is not None
-    worker = procs.start("--run-id", run, "--instance", reg.instance_name)
+    worker = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
     reg.record(worker.pid, run_id=run, worker_id="w", node_name="other")
     orphan(reg, node_pid=node.pid, node_start=node_start)
     assert reg.leftovers() == []
@@ -350,7 +327,7 @@ def test_instances_never_see_each_other(tmp_path: Path, procs: Procs) -> None:
     c = ProcessRegistry(tmp_path, f"{name}x", "t1")  # other name, same token
     assert len({a.path, b.path, c.path}) == 3
     run = uid()
-    proc = procs.start("--run-id", run, "--instance", name)
+    proc = procs.sleeper("--run-id", run, "--instance", name)
     a.record(proc.pid, run_id=run, worker_id="w", node_name="n")
     orphan(a)
     for other in (b, c):
@@ -369,9 +346,9 @@ def test_unrecorded_process_of_a_dead_run_is_found_by_its_cmdline(
     """The node died between spawn and record: the run is known, the pid is not."""
     run = uid()
     reg.begin_run(run, "n@h")
-    ours = procs.start("--run-id", run, "--instance", reg.instance_name)
-    other_instance = procs.start("--run-id", run, "--instance", reg.instance_name + "z")
-    no_instance = procs.start("--run-id", run)
+    ours = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
+    other_instance = procs.sleeper("--run-id", run, "--instance", reg.instance_name + "z")
+    no_instance = procs.sleeper("--run-id", run)
     orphan(reg)
     assert reg.leftovers() == []  # only recorded processes are listed
     assert reg.sweep(uid(), grace_s=2.0) == [ours.pid]
@@ -383,7 +360,7 @@ def test_unrecorded_process_of_a_dead_run_is_found_by_its_cmdline(
 def test_scan_skips_processes_older_than_their_node(reg: ProcessRegistry, procs: Procs) -> None:
     run = uid()
     reg.begin_run(run, "n@h")
-    proc = procs.start("--run-id", run, "--instance", reg.instance_name)
+    proc = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
     start = process_start_time(proc.pid)
     assert start is not None
     orphan(reg, node_start=start + 1)  # its "node" started after it: not one of its runtimes
@@ -393,7 +370,7 @@ def test_scan_skips_processes_older_than_their_node(reg: ProcessRegistry, procs:
 
 def test_concurrent_threads_and_processes(reg: ProcessRegistry, procs: Procs) -> None:
     """Threads of this process and a second process write the same file at once."""
-    worker = procs.start("--run-id", "x")
+    worker = procs.sleeper("--run-id", "x")
     script = (
         "import sys\n"
         "from snakepit_tasks.node.registry import ProcessRegistry\n"
@@ -404,7 +381,7 @@ def test_concurrent_threads_and_processes(reg: ProcessRegistry, procs: Procs) ->
         "    r.forget(pid)\n"
         "print('ok', flush=True)\n"
     )
-    other = procs.start(str(reg.data_dir), reg.instance_name, str(worker.pid), code=script,
+    other = procs.sleeper(str(reg.data_dir), reg.instance_name, str(worker.pid), code=script,
                         stdout=subprocess.PIPE)
     errors: list[BaseException] = []
 
@@ -444,7 +421,7 @@ def test_scan_never_looks_for_a_run_id_a_live_node_uses(
             (run, reg.instance_name),
         )
     conn.close()
-    proc = procs.start("--run-id", run, "--instance", reg.instance_name)
+    proc = procs.sleeper("--run-id", run, "--instance", reg.instance_name)
     assert reg.sweep(uid(), grace_s=0.2) == []
     assert proc.poll() is None
 
@@ -452,7 +429,7 @@ def test_scan_never_looks_for_a_run_id_a_live_node_uses(
 def test_empty_run_id_is_never_looked_for(reg: ProcessRegistry, procs: Procs) -> None:
     reg.begin_run("", "n@h")
     orphan(reg)
-    proc = procs.start("--run-id", "", "--instance", reg.instance_name)
+    proc = procs.sleeper("--run-id", "", "--instance", reg.instance_name)
     assert reg.sweep(uid(), grace_s=0.2) == []
     assert proc.poll() is None
     assert runs_in(reg) == []  # the dead node's run is forgotten all the same
