@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import helpers
 import pytest
 from helpers import assert_served_by, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import app as app_module
 from snakepit_tasks import errors, keys
 from snakepit_tasks.app import declare_queue
 from snakepit_tasks.tasks import EXECUTE
+
+from .peers import configure, new_session, start_peer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,31 +30,6 @@ def helpers_redis(url: str) -> Any:
     from snakepit_tasks import connections
 
     return connections.redis_client(url)
-
-
-def configure(redis_url: str, *nodes: helpers.NodeHandle, **settings: Any) -> Any:
-    """The process-wide caller app for these nodes' pools, with extra settings."""
-    tables = list({n.pool: n.table for n in nodes}.values())
-    return app_module.configure(redis_url=redis_url, pools=tables, **settings)
-
-
-def start_peer(
-    node: Any, first: helpers.NodeHandle, name: str, pool_size: int = 1, **fields: Any
-) -> helpers.NodeHandle:
-    """A second node of ``first``'s pool (the shared factory's own readiness wait configures
-    an app with both tables, which is refused as a duplicate pool: wait here instead)."""
-    peer = node(pool=first.pool, pool_size=pool_size, name=name, wait=False, **fields)
-    wait_until(
-        lambda: len(peer.worker_pids()) == pool_size,
-        timeout=30,
-        message=lambda: f"{pool_size} ready workers on {name}; its output:\n{peer.output()}",
-    )
-    peer.child_pids()
-    return peer
-
-
-def new_session() -> str:
-    return f"s-{uuid.uuid4().hex[:12]}"
 
 
 def with_db(url: str, db: int) -> str:
