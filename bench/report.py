@@ -159,6 +159,10 @@ def text_report(results: dict[str, Any]) -> str:
             cmds = row.get("redis_commands_per_call")
             lines.append(f"  {row['label']:44} {_rate(row['calls_per_s']):>8} "
                          f"{'—' if cmds is None else f'{cmds:.1f}':>10} redis cmds/call")
+            roles = row.get("cpu_us_per_call") or {}
+            if roles:
+                parts = ", ".join(f"{role} {us:.0f}" for role, us in roles.items())
+                lines.append(f"  {'':44} CPU µs per call: {parts}")
         lines.append("")
     fp = results.get("footprint")
     if fp:
@@ -168,7 +172,7 @@ def text_report(results: dict[str, Any]) -> str:
             f"{node['worker_rss_mib']} MiB each ({node['workers']} workers, "
             f"{node['total_rss_mib']} MiB in all); raw Celery worker "
             f"{fp.get('raw_celery_worker_mib')} MiB; Ray actor process "
-            f"{fp.get('ray_actor_mib')} MiB"
+            f"{fp.get('ray_actor_mib') or '—'} MiB"
         )
         lines.append("")
     lines += _stream_lines(results)
@@ -245,6 +249,10 @@ def _stream_lines(results: dict[str, Any]) -> list[str]:
                 f"{_rate(row['steady_chunks_per_s']):>9}"
             )
         lines.append(f"  {'snakepit / raw gRPC':44} {_x(r.get('stream_throughput_vs_grpc')):>9}")
+        for key, roles in (st.get("cpu_us_per_chunk") or {}).items():
+            if roles:
+                parts = ", ".join(f"{role} {us:.0f}" for role, us in roles.items())
+                lines.append(f"  CPU µs per chunk, {key}: {parts}")
         lines.append("")
     lat = st.get("latency")
     if lat:

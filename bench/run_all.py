@@ -17,6 +17,7 @@ import secrets
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from snakepit_tasks.embedded_redis import EmbeddedRedis
 
 from . import (
     concurrent_callers,
+    cpu,
     measure,
     profile_view,
     raw_celery_app,
@@ -65,6 +67,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROFILE_FUNCTIONS = (
     r"snakepit_tasks/|grpc/_channel\.py.*\((_blocking|__call__)\)|redis/client\.py.*"
     r"\((execute_command|execute|_execute_command)\)|socket' objects|_thread.lock|orjson|json"
+    r"|celery/result\.py.*\(get\)|celery/backends/.*\((wait_for_pending|_wait_for_pending)\)"
 )
 
 
@@ -126,7 +129,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-workers", type=int,
                    help="workers of the start-and-stop orphan check (100; 0 skips it)")
     p.add_argument("--concurrent-callers", type=int, help="threads of the concurrent rows (8)")
-    p.add_argument("--concurrent-calls", type=int, help="calls per concurrent round")
+    p.add_argument("--concurrent-calls", type=int, help="calls per concurrent round (0 skips them)")
     p.add_argument("--skip-ray", action="store_true", help="no Ray actor row")
     p.add_argument("--stream-chunks", type=int, help="chunks per throughput stream")
     p.add_argument("--latency-streams", type=int, help="timed streams per latency round")
@@ -147,12 +150,14 @@ def _plan(args: argparse.Namespace) -> Plan:
     changes: dict[str, Any] = {}
     for name in (
         "calls", "throughput_calls", "throughput_rounds", "startup_repeats", "stream_chunks",
-        "latency_streams", "concurrent_callers", "concurrent_calls",
+        "latency_streams", "concurrent_callers",
     ):
         if getattr(args, name) is not None:
             changes[name] = max(1, getattr(args, name))
     if args.startup_sizes:
         changes["startup_sizes"] = tuple(int(x) for x in args.startup_sizes.split(",") if x)
+    if args.concurrent_calls is not None:
+        changes["concurrent_calls"] = max(0, args.concurrent_calls)  # 0: no concurrent rows
     if args.scale_workers is not None:
         changes["scale_workers"] = max(0, args.scale_workers)
     if args.skip_startup:
@@ -180,56 +185,95 @@ def _forget_keys(redis_url: str, tag: str) -> None:
         r.close()
 
 
+@dataclass(frozen=True)
+class Profiled:
+    """One kind of call the profile phase times: ``call(app, pool)`` makes one; ``units`` is
+    what the per-call view divides by (calls, or chunks for a stream)."""
+
+    label: str
+    call: Callable[[Any, str], Any]
+    units: int = 1
+    share: float = 1.0  # the fraction of --calls this kind makes
+
+
+def _stream_chunks(app: Any, pool: str, n: int = 2000) -> Any:
+    from snakepit_tasks.streaming import api as streaming
+
+    return streaming.execute_stream("stream_count", {"n": n}, lambda chunk: None, pool=pool,
+                                    app=app, timeout=120)
+
+
+PROFILED_CALLS: dict[str, Profiled] = {
+    "fast_lane": Profiled(
+        "execute('ping'), fast lane",
+        lambda app, pool: caller.execute("ping", pool=pool, app=app, timeout=60),
+    ),
+    "celery_async": Profiled(
+        "execute_async('ping').get(), Celery",
+        lambda app, pool: caller.execute_async("ping", pool=pool, app=app).get(timeout=60),
+    ),
+    "stream": Profiled("execute_stream('stream_count', n=2000), per chunk", _stream_chunks,
+                       units=2000, share=0.01),
+}
+
+
 def _profile(
     procs: Processes, app: Any, redis_url: str, tag: str, calls: int, say: measure.Progress
 ) -> dict[str, Any]:
-    """cProfile of the caller over ``calls`` sequential fast-lane ``execute("ping")`` calls, and
-    of a node serving them (every thread: ``bench.node_profile``), printed and saved."""
+    """For each of :data:`PROFILED_CALLS`: cProfile of the caller over ``calls`` sequential
+    calls, and of a fresh node serving them (every thread: ``bench.node_profile``); each read
+    per call, printed, and saved under bench/results/."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    caller_path, node_path = RESULTS_DIR / "caller.pstats", RESULTS_DIR / "node.pstats"
-    node_path.unlink(missing_ok=True)
-    pool = f"benchprof{tag}"
-    node = start_node(procs, redis_url, pool, 2, f"{pool}@host", profile_to=str(node_path))
-    try:
-        wait_workers_ready(redis_url, pool, 2, node)
-        warmup = 50
-        for _ in range(warmup):
-            caller.execute("ping", pool=pool, app=app, timeout=60)
-        say(f"profiling {calls} sequential execute('ping') calls: caller and node")
-        profiler = cProfile.Profile()
-        started = time.perf_counter()
-        profiler.enable()
-        for _ in range(calls):
-            caller.execute("ping", pool=pool, app=app)
-        profiler.disable()
-        elapsed = time.perf_counter() - started
-    finally:
-        procs.stop(node, timeout=60)  # the node writes its profile as it exits
-    profiler.dump_stats(str(caller_path))
     out: dict[str, Any] = {}
-    per_call_us = elapsed / calls * 1e6 * 1.05
-    caller_rows = profile_view.per_call(
-        pstats.Stats(profiler), calls, PROFILE_FUNCTIONS, per_call_us
-    )
-    print(f"\nWhere a call's time goes, caller side: {calls} sequential execute('ping') calls, "
-          f"{elapsed / calls * 1000:.2f} ms each under the profiler (times per call):")
-    print(profile_view.text(caller_rows))
-    out["caller"] = caller_rows
-    if node_path.exists():
-        # The node served the warm-up calls too; its start and stop ran once (not per call).
-        node_rows = profile_view.per_call(
-            pstats.Stats(str(node_path)), calls + warmup, PROFILE_FUNCTIONS, per_call_us
+    for kind, what in PROFILED_CALLS.items():
+        label, call = what.label, what.call
+        n = max(2, int(calls * what.share))
+        caller_path = RESULTS_DIR / f"caller-{kind}.pstats"
+        node_path = RESULTS_DIR / f"node-{kind}.pstats"
+        node_path.unlink(missing_ok=True)
+        pool = f"benchprof{kind.replace('_', '')}{tag}"
+        node = start_node(procs, redis_url, pool, 2, f"{pool}@host", profile_to=str(node_path))
+        warmup = max(1, n // 6)
+        try:
+            wait_workers_ready(redis_url, pool, 2, node)
+            for _ in range(warmup):
+                call(app, pool)
+            say(f"profiling {n} sequential {label} calls: caller and node")
+            profiler = cProfile.Profile()
+            started = time.perf_counter()
+            profiler.enable()
+            for _ in range(n):
+                call(app, pool)
+            profiler.disable()
+            elapsed = time.perf_counter() - started
+        finally:
+            procs.stop(node, timeout=60)  # the node writes its profile as it exits
+        profiler.dump_stats(str(caller_path))
+        units = n * what.units
+        per_call_us = elapsed / units * 1e6 * 1.05
+        found: dict[str, Any] = {"calls": n, "units": units,
+                                 "ms_per_unit_profiled": round(elapsed / units * 1000, 4)}
+        found["caller"] = profile_view.per_call(
+            pstats.Stats(profiler), units, PROFILE_FUNCTIONS, per_call_us
         )
-        print("\nNode side, every thread, wall-clock (waits inside a call included; idle "
-              "waits between calls left out), per call:")
-        print(profile_view.text(node_rows))
-        out["node"] = node_rows
-    else:
-        say("the profiled node wrote no profile (see its log)")
-    print(f"\nFull profiles: {caller_path}, {node_path} (python -m pstats FILE)\n")
-    return {"calls": calls, "ms_per_call_profiled": round(elapsed / calls * 1000, 3),
-            "caller_pstats": str(caller_path),
-            "node_pstats": str(node_path) if node_path.exists() else None, **out}
+        print(f"\nWhere the time of {label} goes, caller side: {n} sequential calls, "
+              f"{elapsed / units * 1000:.3f} ms each under the profiler (times per "
+              f"{'chunk' if what.units > 1 else 'call'}):")
+        print(profile_view.text(found["caller"]))
+        if node_path.exists():
+            # The node served the warm-up calls too; its start and stop ran once (not per call).
+            found["node"] = profile_view.per_call(
+                pstats.Stats(str(node_path)), (n + warmup) * what.units, PROFILE_FUNCTIONS,
+                per_call_us,
+            )
+            print(f"\n{label}, node side, every thread, wall-clock (waits inside a call "
+                  "included; idle waits between calls left out), per call:")
+            print(profile_view.text(found["node"]))
+        else:
+            say("the profiled node wrote no profile (see its log)")
+        print(f"\nFull profiles: {caller_path}, {node_path} (python -m pstats FILE)\n")
+        out[kind] = found
+    return out
 
 
 def _bind_elsewhere(app: Any, pool: str, session: Target) -> Any:
@@ -253,8 +297,12 @@ def _streaming(
     stream_runtime: Runtime,
     tag: str,
     say: measure.Progress,
+    node: Child,
+    redis_pid: int | None,
 ) -> dict[str, Any]:
-    """Chunk throughput and per-chunk latency: snakepit against the runtime's own gRPC stream."""
+    """Chunk throughput and per-chunk latency: snakepit against the runtime's own gRPC stream.
+
+    The throughput streams also count CPU µs per chunk in each process (``bench.cpu``)."""
     wait_workers_ready(redis_url, stream_pool, 1, stream_node)
     raw_grpc = stream_runtime.stream_source()
     out: dict[str, Any] = {}
@@ -266,9 +314,27 @@ def _streaming(
         sp_main = snakepit_stream_source(app, pool)
         # One short stream each first: thread start-up, connections, imports.
         streams.chunk_throughput([sp_main, raw_grpc], 100, 1, lambda message: None)
+        redis_pids = [redis_pid] if redis_pid else []
+        workers = [
+            int(w["pid"]) for n in wait_workers_ready(redis_url, pool, 2, node)
+            for w in n["workers"] if w.get("pid")
+        ]
+        runtime_pid = stream_runtime.worker.pid
+        sp_cpu: list[dict[str, float]] = []
+        raw_cpu: list[dict[str, float]] = []
+        chunks_of: Callable[[Any], int] = lambda args: int(args.get("n", 1))  # noqa: E731
+        metered_sources = [
+            cpu.metered(sp_main, lambda: {"node": [node.process.pid], "runtimes": workers,
+                                          "redis": redis_pids}, chunks_of, sp_cpu),
+            cpu.metered(raw_grpc, lambda: {"runtimes": [runtime_pid] if runtime_pid else [],
+                                           "redis": redis_pids}, chunks_of, raw_cpu),
+        ]
         out["throughput"] = streams.chunk_throughput(
-            [sp_main, raw_grpc], plan.stream_chunks, plan.stream_rounds, say
+            metered_sources, plan.stream_chunks, plan.stream_rounds, say
         )
+        out["cpu_us_per_chunk"] = {
+            "snakepit": cpu.median_per_role(sp_cpu), "raw_grpc": cpu.median_per_role(raw_cpu)
+        }
     if plan.latency_streams > 0:
         delay = plan.latency_delay_ms / 1000
         say(
@@ -447,14 +513,21 @@ def run(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 f"throughput: {plan.concurrent_callers} concurrent callers, "
                 f"{plan.concurrent_calls} calls x {plan.concurrent_rounds} round(s) per system"
             )
+            redis_pids = [server.process.pid] if server is not None and server.process else []
+            node_pids = {"node": [node.process.pid], "runtimes": [
+                int(w["pid"]) for n in nodes_now for w in n["workers"] if w.get("pid")
+            ], "redis": redis_pids}
             results["concurrent"] = concurrent_callers.throughput(
                 [raw, sp, sp_celery], plan.concurrent_callers, plan.concurrent_calls,
                 plan.concurrent_rounds, commands,
+                {"raw_celery": lambda: {"worker": [raw_worker.process.pid], "redis": redis_pids},
+                 "snakepit": lambda: node_pids, "snakepit_celery": lambda: node_pids},
             )
         if streaming:
             assert stream_node is not None and stream_runtime is not None
             results["streaming"] = _streaming(
-                plan, app, redis_url, pool, stream_pool, stream_node, stream_runtime, tag, say
+                plan, app, redis_url, pool, stream_pool, stream_node, stream_runtime, tag, say,
+                node, server.process.pid if server is not None and server.process else None,
             )
         results["runtime_start_ms"] = (
             round(runtime.start_ms, 1) if runtime.start_ms is not None else None
