@@ -9,6 +9,8 @@ always shut down (:meth:`RayActor.stop`), its processes with it.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import os
 import time
 from typing import Any
@@ -54,7 +56,7 @@ def available() -> bool:
 def start(timeout: float = 120.0) -> RayActor | None:
     """Start local Ray (1 CPU, no dashboard) and one actor; None when Ray is not installed."""
     try:
-        import ray
+        ray: Any = importlib.import_module("ray")  # untyped use: Ray's stubs vary by version
     except ImportError:
         return None
 
@@ -67,7 +69,7 @@ def start(timeout: float = 120.0) -> RayActor | None:
         num_cpus=1,
         include_dashboard=False,
         log_to_driver=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         configure_logging=True,
         object_store_memory=80 * 1024 * 1024,
         _system_config={"metrics_report_interval_ms": 0},

@@ -51,6 +51,10 @@ def _ge(limit: float) -> Callable[[float], bool]:
     return lambda v: v >= limit
 
 
+def _below(limit: float) -> Callable[[float], bool]:
+    return lambda v: v < limit
+
+
 def _mp(row: dict[str, Any] | None) -> str:
     return "—" if not row else f"{_ms(row.get('median_ms'))} / {_ms(row.get('p99_ms'))} ms"
 
@@ -135,14 +139,14 @@ def rows(results: dict[str, Any]) -> list[Row]:
                    _mp(lat.get("snakepit")), f"raw gRPC {_mp(lat.get('raw_grpc'))}", text))
 
     nodes = (results.get("startup") or {}).get("nodes") or {}
-    limits = {8: 1000.0, 32: 4000.0}
+    limits: dict[int, float] = {8: 1000.0, 32: 4000.0}
     for size in (2, 8, 32):
         row = nodes.get(str(size))
         ready = row and row.get("ready_ms")
-        limit = limits.get(size)
+        bound = limits.get(size)
+        verdict = "" if bound is None else _verdict(ready, _below(bound))
         out.append(Row(f"start-up, {size} workers to ready", f"{_ms(ready)} ms",
-                       "", "", f"< {limit / 1000:g} s" if limit else "",
-                       _verdict(ready, lambda v, lim=limit: v < lim) if limit else ""))
+                       "", "", f"< {bound / 1000:g} s" if bound else "", verdict))
     sc = results.get("scale")
     if sc:
         out.append(Row(f"{sc['workers']} workers: ready, stop, orphans after stop",
