@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import json
 import logging
 import os
 import pstats
@@ -141,6 +142,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--output", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file"
+    )
+    p.add_argument(
+        "--print-table", type=Path, metavar="JSON",
+        help="only print the Markdown table of a saved results file (e.g. the last run's)",
     )
     return p.parse_args(argv)
 
@@ -611,6 +616,9 @@ def run(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.print_table:
+        print(table.markdown(json.loads(args.print_table.read_text())), end="")
+        return 0
     plan = _plan(args)
     try:
         with cleanup_on_signals():
