@@ -3,7 +3,8 @@ for a session-bound call (a call to one long-lived stateful process).
 
 Ray is optional (``pip install -e '.[bench]'``): without it :func:`start` returns None and
 the report says "ray not installed". Ray runs locally with one CPU and no dashboard, and is
-always shut down (:meth:`RayActor.stop`), its processes with it.
+always shut down (:meth:`RayActor.stop`), its processes with it, and its temporary folder
+removed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import importlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -22,9 +25,10 @@ from .systems import Target
 class RayActor:
     """A local Ray instance with one actor; :meth:`target` times ``actor.ping.remote()``."""
 
-    def __init__(self, ray: Any, actor: Any) -> None:
+    def __init__(self, ray: Any, actor: Any, temp_dir: str) -> None:
         self.ray = ray
         self.actor = actor
+        self.temp_dir = temp_dir
         self.pid: int | None = None
 
     def target(self) -> Target:
@@ -43,6 +47,7 @@ class RayActor:
         with contextlib.suppress(Exception):
             self.ray.kill(self.actor)
         self.ray.shutdown()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def available() -> bool:
@@ -65,7 +70,10 @@ def start(timeout: float = 120.0) -> RayActor | None:
             return {"status": "pong", "pid": os.getpid()}
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Its sessions' logs and sockets in a folder of this run's, removed at the end.
+    temp_dir = tempfile.mkdtemp(prefix="spb-ray-")
     ray.init(
+        _temp_dir=temp_dir,
         num_cpus=1,
         include_dashboard=False,
         log_to_driver=False,
@@ -84,9 +92,10 @@ def start(timeout: float = 120.0) -> RayActor | None:
             except ray.exceptions.GetTimeoutError:
                 if time.monotonic() > deadline:
                     raise BenchError("the Ray actor did not answer in time") from None
-        handle = RayActor(ray, actor)
+        handle = RayActor(ray, actor, temp_dir)
         handle.pid = result.get("pid")
         return handle
     except BaseException:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
         raise
