@@ -640,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table.markdown(results))
     print(f"targets: {tally['met']} met, {tally['missed']} missed, of {tally['targets']} "
           "(any others not measured)")
+    if tally["missed"]:
+        print("where the time goes for those missed: bench/README.md, 'Where the time goes'; "
+              "profiles of caller and node: --profile")
     print(f"JSON: {args.output}")
     return 0
 
