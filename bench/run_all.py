@@ -120,7 +120,8 @@ def _progress(started: float) -> measure.Progress:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer calls and repeats (~30 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer calls and repeats, no 100 workers (~1 min)")
     p.add_argument("--calls", type=int, help="sequential calls per system (>= 500 for a p99)")
     p.add_argument("--throughput-calls", type=int, help="calls fired per throughput round")
     p.add_argument("--throughput-rounds", type=int, help="throughput rounds per system")
