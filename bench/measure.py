@@ -146,15 +146,18 @@ def node_startup(
     redis_url: str,
     size: int,
     name: str,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start a node of ``size`` workers; time it to all-ready and to a first answered call.
+
+    ``settings``: more ``SNAKEPIT_*`` variables for the node (see :func:`start_node`).
 
     ``boot_ms`` is process start to the node step creating its workers (Python, Celery and
     settings); ``workers_ms`` is from there to every worker ready (from the node's lease).
     """
     wall0 = time.time()
     t0 = time.perf_counter()
-    child = start_node(procs, redis_url, name, size, f"{name}@host")
+    child = start_node(procs, redis_url, name, size, f"{name}@host", settings=settings)
     try:
         nodes = wait_workers_ready(redis_url, name, size, child)
         t_ready = time.perf_counter()

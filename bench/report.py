@@ -1,4 +1,4 @@
-"""The results as a console table, a Markdown table for the README, and a JSON file."""
+"""The results as console tables and a JSON file (the one Markdown table: ``bench.table``)."""
 
 from __future__ import annotations
 
@@ -148,7 +148,35 @@ def text_report(results: dict[str, Any]) -> str:
             )
         lines.append(f"  {'snakepit / raw Celery':44} {_x(results['ratios']['throughput']):>8}")
         lines.append("")
+    cc = results.get("concurrent")
+    if cc:
+        first = next(iter(cc.values()))
+        lines.append(
+            f"Throughput, {first['callers']} concurrent synchronous callers (threads), "
+            f"{first['calls']:,} calls per round (median of {first['rounds']}), calls/s:"
+        )
+        for row in cc.values():
+            cmds = row.get("redis_commands_per_call")
+            lines.append(f"  {row['label']:44} {_rate(row['calls_per_s']):>8} "
+                         f"{'—' if cmds is None else f'{cmds:.1f}':>10} redis cmds/call")
+            roles = row.get("cpu_us_per_call") or {}
+            if roles:
+                parts = ", ".join(f"{role} {us:.0f}" for role, us in roles.items())
+                lines.append(f"  {'':44} CPU µs per call: {parts}")
+        lines.append("")
+    fp = results.get("footprint")
+    if fp:
+        node = fp["node"]
+        lines.append(
+            f"Memory (VmRSS): node process {node['node_rss_mib']} MiB, adapter runtime "
+            f"{node['worker_rss_mib']} MiB each ({node['workers']} workers, "
+            f"{node['total_rss_mib']} MiB in all); raw Celery worker "
+            f"{fp.get('raw_celery_worker_mib')} MiB; Ray actor process "
+            f"{fp.get('ray_actor_mib') or '—'} MiB"
+        )
+        lines.append("")
     lines += _stream_lines(results)
+    sc = results.get("scale")
     st = results.get("startup")
     if st:
         lines.append(
@@ -176,6 +204,14 @@ def text_report(results: dict[str, Any]) -> str:
         lines.append(
             "  ready: all workers ready in the node's lease; 1st call: a ping answered; boot: "
             "to the node step; workers: boot to ready"
+        )
+        lines.append("")
+    if sc:
+        lines.append(
+            f"A node of {sc['workers']} workers: ready in {_ms(sc['ready_ms'])} ms, stopped "
+            f"(SIGTERM to exit) in {_ms(sc['stop_ms'])} ms; {sc['orphans']} of "
+            f"{sc['runtime_pids']} runtime pids alive {sc['grace_s']:g} s after (orphans); "
+            f"{sc.get('total_rss_mib')} MiB resident in all"
         )
         lines.append("")
     return "\n".join(lines)
@@ -213,6 +249,10 @@ def _stream_lines(results: dict[str, Any]) -> list[str]:
                 f"{_rate(row['steady_chunks_per_s']):>9}"
             )
         lines.append(f"  {'snakepit / raw gRPC':44} {_x(r.get('stream_throughput_vs_grpc')):>9}")
+        for key, roles in (st.get("cpu_us_per_chunk") or {}).items():
+            if roles:
+                parts = ", ".join(f"{role} {us:.0f}" for role, us in roles.items())
+                lines.append(f"  CPU µs per chunk, {key}: {parts}")
         lines.append("")
     lat = st.get("latency")
     if lat:
@@ -243,136 +283,6 @@ def _stream_lines(results: dict[str, Any]) -> list[str]:
             )
         lines.append("")
     return lines
-
-
-def _stream_markdown(results: dict[str, Any]) -> list[str]:
-    st = results.get("streaming")
-    if not st:
-        return []
-    s, r = results["settings"], results.get("ratios", {})
-    rows = [
-        "| streaming | snakepit-tasks | raw gRPC server stream | snakepit / gRPC |",
-        "|---|---|---|---|",
-    ]
-    tp = st.get("throughput", {})
-    sp, g = tp.get("snakepit"), tp.get("raw_grpc")
-    if sp and g:
-        rows.append(
-            f"| chunk throughput, one stream of {s['stream_chunks']:,} chunks | "
-            f"{_rate(sp['chunks_per_s'])} chunks/s | {_rate(g['chunks_per_s'])} chunks/s | "
-            f"{_x(r.get('stream_throughput_vs_grpc'))} |"
-        )
-    lat = st.get("latency", {})
-    sp, g = lat.get("snakepit"), lat.get("raw_grpc")
-    if sp and g:
-        rows.append(
-            f"| chunk latency, yield → callback ({s['latency_delay_ms']:g} ms apart), median | "
-            f"{_ms(sp['median_ms'])} ms | {_ms(g['median_ms'])} ms | "
-            f"{_x(r.get('stream_latency_vs_grpc_median'))} |"
-        )
-        rows.append(
-            f"| chunk latency, p99 | {_ms(sp['p99_ms'])} ms | {_ms(g['p99_ms'])} ms | "
-            f"{_x(r.get('stream_latency_vs_grpc_p99'))} |"
-        )
-        rows.append(
-            f"| streaming call → first chunk in hand, median of {sp['streams']} | "
-            f"{_ms(sp['first_chunk_median_ms'])} ms | {_ms(g['first_chunk_median_ms'])} ms | "
-            f"{_x(r.get('stream_first_chunk_vs_grpc'))} |"
-        )
-    hop = lat.get("redis_stream")
-    if hop:
-        rows.append(
-            f"| Redis XADD → blocked XREAD alone, median / p99 | {_ms(hop['median_ms'])} / "
-            f"{_ms(hop['p99_ms'])} ms | | |"
-        )
-    return ["", *rows] if len(rows) > 2 else []
-
-
-def markdown_report(results: dict[str, Any]) -> str:
-    """A table to paste into the README."""
-    m = results["machine"]
-    rt = results.get("round_trip", {})
-    tp = results.get("throughput", {})
-    r = results.get("ratios", {})
-    rows = ["| measure | snakepit-tasks | raw Celery | snakepit / Celery |", "|---|---|---|---|"]
-    sp, raw = rt.get("snakepit"), rt.get("raw_celery")
-    if sp and raw:
-        rows.append(
-            f"| round trip `execute(\"ping\")`, median | {_ms(sp['median_ms'])} ms | "
-            f"{_ms(raw['median_ms'])} ms | {_x(r.get('round_trip_median'))} |"
-        )
-        rows.append(
-            f"| round trip, p99 | {_ms(sp['p99_ms'])} ms | {_ms(raw['p99_ms'])} ms | "
-            f"{_x(r.get('round_trip_p99'))} |"
-        )
-    if sp and raw and sp.get("redis_commands_per_call") and raw.get("redis_commands_per_call"):
-        rows.append(
-            f"| Redis commands per `execute(\"ping\")` | {sp['redis_commands_per_call']:.0f} | "
-            f"{raw['redis_commands_per_call']:.0f} | "
-            f"{_x(ratio(sp['redis_commands_per_call'], raw['redis_commands_per_call']))} |"
-        )
-    ses = rt.get("snakepit_session")
-    if ses and raw:
-        rows.append(
-            f"| round trip `execute_in_session(sid, \"ping\")`, median | "
-            f"{_ms(ses['median_ms'])} ms | {_ms(raw['median_ms'])} ms | "
-            f"{_x(r.get('session_vs_raw_celery_median'))} |"
-        )
-        rows.append(
-            f"| round trip in a session, p99 | {_ms(ses['p99_ms'])} ms | {_ms(raw['p99_ms'])} ms "
-            f"| {_x(r.get('session_vs_raw_celery_p99'))} |"
-        )
-        if ses.get("redis_commands_per_call") and raw.get("redis_commands_per_call"):
-            rows.append(
-                f"| Redis commands per `execute_in_session(\"ping\")` | "
-                f"{ses['redis_commands_per_call']:.0f} | {raw['redis_commands_per_call']:.0f} | "
-                f"{_x(ratio(ses['redis_commands_per_call'], raw['redis_commands_per_call']))} |"
-            )
-    if tp.get("snakepit") and tp.get("raw_celery"):
-        n = tp["snakepit"]["calls"]
-        rows.append(
-            f"| throughput, {n:,} calls sent then gathered | "
-            f"{_rate(tp['snakepit']['calls_per_s'])} calls/s | "
-            f"{_rate(tp['raw_celery']['calls_per_s'])} calls/s | {_x(r.get('throughput'))} |"
-        )
-    for key in ("grpc_execute", "grpc_ping", "redis_ping"):
-        row = rt.get(key)
-        if row:
-            rows.append(
-                f"| {row['label']}, median / p99 | {_ms(row['median_ms'])} / "
-                f"{_ms(row['p99_ms'])} ms | | |"
-            )
-    st = results.get("startup")
-    if st:
-        raw_ms = st["raw_celery"]["first_call_ms"]
-        for i, row in enumerate(st["nodes"].values()):
-            mine = f"{_ms(row['ready_ms'])} ms ({_ms(row['first_call_ms'])} ms)"
-            if i == 0:
-                theirs = f"{_ms(raw_ms)} ms (first call, -c 2)"
-                rel = _x(ratio(row["first_call_ms"], raw_ms)) + " (first call)"
-            else:
-                theirs = rel = ""
-            rows.append(
-                f"| start-up, {row['workers']} workers ready (first call) | {mine} | {theirs} "
-                f"| {rel} |"
-            )
-    notes = []
-    if "session_vs_plain_median" in r:
-        notes.append(
-            f"In a session: {_x(r['session_vs_plain_median'])} the median and "
-            f"{_x(r['session_vs_plain_p99'])} the p99 of a plain `execute(\"ping\")` "
-            f"(+{r['session_minus_plain_median_ms']:.2f} ms); "
-            + (_session_sanity(results["sessions"]) if results.get("sessions") else "")
-            + "."
-        )
-    rows += _stream_markdown(results)
-    caption = (
-        f"Measured by `python -m bench.run_all{' --quick' if results['quick'] else ''}` on "
-        f"{m['nproc']} CPU(s) ({m['cpu_model']}), "
-        f"Python {m['python']}, Celery {m['packages'].get('celery')}, "
-        f"Redis {m['redis_server']}, {m['date'][:10]}; compare ratios, not absolute times."
-    )
-    return "\n".join(rows) + "\n\n" + "".join(n + "\n\n" for n in notes) + caption + "\n"
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

@@ -84,13 +84,17 @@ def start_node(
     hostname: str,
     adapter: str = ADAPTER,
     settings: dict[str, str] | None = None,
+    profile_to: str | None = None,
 ) -> Child:
     """Start a snakepit node process serving ``pool`` with ``size`` workers (no waiting).
 
     ``settings``: more ``SNAKEPIT_*`` variables for the node, e.g. ``{"STREAM_MAX_LEN": "40000"}``.
+    ``profile_to``: run it under cProfile (every thread, ``bench.node_profile``), written there
+    when it stops.
     """
+    wrapper = ["-m", "bench.node_profile", profile_to] if profile_to else []
     cmd = [
-        sys.executable, "-m", "celery", "-A", "snakepit_tasks.node.entry", "worker",
+        sys.executable, *wrapper, "-m", "celery", "-A", "snakepit_tasks.node.entry", "worker",
         "-n", hostname, "--snakepit-pool", pool, *CELERY_FLAGS,
     ]
     env = _child_env(
@@ -129,29 +133,46 @@ def wait_workers_ready(
         time.sleep(poll)
 
 
-def snakepit_target(app: Celery, pool: str) -> Target:
+def snakepit_target(
+    app: Celery,
+    pool: str,
+    key: str = "snakepit",
+    label: str = 'snakepit execute("ping"), fast lane',
+) -> Target:
+    """``execute("ping")``: on the fast lane or the Celery lane, as ``app``'s ``fast_lane`` says;
+    ``send`` is ``execute_async`` (always Celery)."""
     seen: set[Any] = set()
 
     def call() -> Any:
         result = caller.execute("ping", pool=pool, app=app)
-        _check_pong(result, "snakepit execute('ping')")
+        _check_pong(result, f"{label}")
         seen.add(result.get("worker_id"))
         return result
 
     def send() -> Any:
         return caller.execute_async("ping", pool=pool, app=app)
 
-    return Target(
-        "snakepit",
-        'snakepit execute("ping")',
-        call,
-        send,
-        worker_of=lambda result: result.get("pid"),
-        seen=seen,
-    )
+    return Target(key, label, call, send, worker_of=lambda result: result.get("pid"), seen=seen)
 
 
-def session_target(app: Celery, pool: str, session_id: str) -> Target:
+def async_target(app: Celery, pool: str) -> Target:
+    """``execute_async("ping").get()``: the Celery task protocol and result backend."""
+
+    def call() -> Any:
+        result = caller.execute_async("ping", pool=pool, app=app).get(timeout=30)
+        _check_pong(result, "snakepit execute_async('ping').get()")
+        return result
+
+    return Target("snakepit_async", 'snakepit execute_async("ping").get()', call)
+
+
+def session_target(
+    app: Celery,
+    pool: str,
+    session_id: str,
+    key: str = "snakepit_session",
+    label: str = 'snakepit execute_in_session(sid, "ping")',
+) -> Target:
     """``execute_in_session(session_id, "ping")``; bind the session before timing it."""
     seen: set[Any] = set()
 
@@ -164,8 +185,8 @@ def session_target(app: Celery, pool: str, session_id: str) -> Target:
         return result
 
     return Target(
-        "snakepit_session",
-        'snakepit execute_in_session(sid, "ping")',
+        key,
+        label,
         call,
         worker_of=lambda result: result.get("worker_id"),
         seen=seen,
