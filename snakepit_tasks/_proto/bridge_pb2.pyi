@@ -211,6 +211,35 @@ class SessionResponse(_message.Message):
     error: ErrorInfo
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
 
+class CallFrame(_message.Message):
+    __slots__ = ("id", "execute", "cancel", "timeout", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    execute: ExecuteRequest
+    cancel: bool
+    timeout: float
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[int] = ..., execute: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., cancel: _Optional[bool] = ..., timeout: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("id", "response")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    response: ExecuteResponse
+    def __init__(self, id: _Optional[int] = ..., response: _Optional[_Union[ExecuteResponse, _Mapping]] = ...) -> None: ...
+
 class HostToolSpec(_message.Message):
     __slots__ = ("name", "description", "metadata", "scope")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class AdapterRuntimeStub:
                 request_serializer=bridge__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=bridge__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/snakepit.bridge.v1.AdapterRuntime/Calls',
+                request_serializer=bridge__pb2.CallFrame.SerializeToString,
+                response_deserializer=bridge__pb2.CallReply.FromString,
+                _registered_method=True)
         self.ExecuteStream = channel.unary_stream(
                 '/snakepit.bridge.v1.AdapterRuntime/ExecuteStream',
                 request_serializer=bridge__pb2.ExecuteRequest.SerializeToString,
@@ -88,6 +93,14 @@ class AdapterRuntimeServicer:
 
     def Execute(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Calls(self, request_iterator, context):
+        """One long-lived stream per worker, opened by its node: every Execute of the worker, its
+        calls multiplexed by id (answered in the order they finish).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -133,6 +146,11 @@ def add_AdapterRuntimeServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=bridge__pb2.ExecuteRequest.FromString,
                     response_serializer=bridge__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=bridge__pb2.CallFrame.FromString,
+                    response_serializer=bridge__pb2.CallReply.SerializeToString,
             ),
             'ExecuteStream': grpc.unary_stream_rpc_method_handler(
                     servicer.ExecuteStream,
@@ -236,6 +254,33 @@ class AdapterRuntime:
             '/snakepit.bridge.v1.AdapterRuntime/Execute',
             bridge__pb2.ExecuteRequest.SerializeToString,
             bridge__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/snakepit.bridge.v1.AdapterRuntime/Calls',
+            bridge__pb2.CallFrame.SerializeToString,
+            bridge__pb2.CallReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,7 +33,7 @@ from ..hardware import DEVICE_ENV
 from ..serialization import redact
 from ..telemetry import tracing
 from ..zero_copy import process as zero_copy_process
-from . import logs, telemetry
+from . import calls, logs, telemetry
 from .adapter import BaseAdapter, SessionContext
 from .host_client import HostToolsClient
 from .limits import MAX_MESSAGE_BYTES
@@ -303,6 +303,12 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         return _with_events(pb.ExecuteResponse(
             ok=True, result=result, duration_us=(time.perf_counter_ns() - started) // 1000
         ))
+
+    def Calls(  # noqa: N802
+        self, request_iterator: Iterator[pb.CallFrame], context: Any
+    ) -> Iterator[pb.CallReply]:
+        """The node's one long-lived stream to this worker: its calls, multiplexed by id."""
+        return calls.serve_calls(self.Execute, request_iterator, context, self.capacity)
 
     def ExecuteStream(  # noqa: N802
         self, request: pb.ExecuteRequest, context: Any

@@ -184,6 +184,9 @@ class WorkerCalls:
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id)
         try:
+            if method == "Execute":  # on the worker's one Calls stream (see call_stream)
+                stream = worker.call_stream()
+                return generation, stream.call(request, remaining, tracing.grpc_metadata())
             call = getattr(stub, method)
             return generation, call(request, timeout=remaining, metadata=tracing.grpc_metadata())
         except ValueError:  # its channel was closed: the worker is being replaced

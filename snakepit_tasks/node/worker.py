@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .._proto import bridge_pb2_grpc as pb_grpc
 from ..bridge.limits import MAX_MESSAGE_BYTES
 from ..errors import ConfigurationError
 from . import output
+from .call_stream import CallStream
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -95,6 +97,8 @@ class AdapterWorker:
         self.process: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
         self.stub: pb_grpc.AdapterRuntimeStub | None = None
+        self._calls: CallStream | None = None  # opened at the first call (see call_stream)
+        self._calls_lock = threading.Lock()
         self.state = "new"  # new | starting | ready | dead | stopped
         self.generation = 0
         self.inflight = 0
@@ -215,6 +219,7 @@ class AdapterWorker:
                  "traceback": message.get("traceback", ""),
                  "adapter_load": message.get("kind") == "adapter_load"},
             )
+        self._close_channel()  # a stream to an earlier process must not serve this one
         self.channel = grpc.insecure_channel(
             f"unix:{self.socket_path}",
             options=[
@@ -258,7 +263,22 @@ class AdapterWorker:
                            {**self._labels(), "reason": reason})
         self._close_channel()
 
+    def call_stream(self) -> CallStream:
+        """The open ``Calls`` stream to this runtime, opened at the first call (and again
+        after it broke). Raises ValueError when its channel was closed (being replaced)."""
+        with self._calls_lock:
+            stream = self._calls
+            if stream is None or stream.broken:
+                if self.stub is None or self.channel is None:
+                    raise ValueError(f"worker {self.worker_id} has no channel")
+                stream = self._calls = CallStream(self.stub, self.worker_id)
+            return stream
+
     def _close_channel(self) -> None:
+        with self._calls_lock:
+            stream, self._calls = self._calls, None
+        if stream is not None:
+            stream.close()
         if self.channel is not None:
             self.channel.close()
         self.channel = None

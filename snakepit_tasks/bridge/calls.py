@@ -1,0 +1,145 @@
+"""The runtime's side of a worker's ``Calls`` stream: every call its node sends, multiplexed.
+
+The node keeps one bidirectional stream open per worker (see ``node/call_stream.py``). A
+worker of capacity 1 runs each call on the stream's own thread, in turn. A worker of higher
+capacity has one thread read the node's frames; each ``execute`` frame runs on the stream's
+thread pool (the servicer's slots still allow ``capacity`` tools at once, as for unary calls),
+and its reply goes back through a queue the stream's response iterator drains. A ``cancel``
+frame (the node gave up: deadline) drops the call's reply, and the call if it has not started.
+Heartbeats stay a unary RPC: they must be answered while a capacity-1 worker's call runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from queue import SimpleQueue
+from typing import Any
+
+from .._proto import bridge_pb2 as pb
+from .limits import MAX_MESSAGE_BYTES
+
+#: What a reply may add to its ExecuteResponse (the frame around it).
+_FRAME_ROOM = 1024
+
+
+class FrameContext:
+    """What a unary RPC's context tells a call, for a call that came on the stream: its
+    metadata (the trace context) and its time left."""
+
+    def __init__(self, frame: pb.CallFrame) -> None:
+        self._metadata = tuple(frame.metadata.items())
+        self.deadline = time.time() + frame.timeout if frame.timeout > 0 else None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
+
+
+Execute = Callable[[pb.ExecuteRequest, Any], pb.ExecuteResponse]
+
+
+def serve_calls(
+    execute: Execute, frames: Iterator[pb.CallFrame], context: Any, capacity: int
+) -> Iterator[pb.CallReply]:
+    """The reply stream of one ``Calls`` RPC: ``execute(request, context)`` for each call the
+    node sends, up to ``capacity`` at once; replies in the order calls finish."""
+    if capacity == 1:
+        return _one_at_a_time(execute, frames)
+    return _concurrent(execute, frames, context, capacity + 1)
+
+
+def _one_at_a_time(execute: Execute, frames: Iterator[pb.CallFrame]) -> Iterator[pb.CallReply]:
+    """A worker of capacity 1 (the process profile): each call runs on the stream's own
+    thread, read, run and answered in turn (no hand-off between threads). Its node never
+    sends a second call before the first is answered (it kills the worker when one times
+    out), so a cancel frame only ever concerns a call already answered."""
+    for frame in frames:
+        if frame.WhichOneof("kind") != "execute":
+            continue
+        context = FrameContext(frame)
+        if context.deadline is not None and context.deadline <= time.time():
+            continue  # its node gave up on it already
+        yield pb.CallReply(id=frame.id, response=_fitting(execute(frame.execute, context)))
+
+
+def _concurrent(
+    execute: Execute, frames: Iterator[pb.CallFrame], context: Any, workers: int
+) -> Iterator[pb.CallReply]:
+    """A worker that runs several calls at once (the thread profile): a reader thread takes
+    the frames, each call runs on one of ``workers`` threads, replies go through a queue."""
+    replies: SimpleQueue[pb.CallReply | None] = SimpleQueue()
+    context.add_callback(lambda: replies.put(None))  # the node went away, or the RPC ended
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call")
+    calls = _Calls(execute, replies)
+    reader = threading.Thread(target=calls.read, args=(frames, pool), name="calls-reader",
+                              daemon=True)
+    reader.start()
+    try:
+        while (reply := replies.get()) is not None:
+            yield reply
+    finally:
+        calls.closed = True
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Calls:
+    """The calls in flight on one stream."""
+
+    def __init__(self, execute: Execute, replies: SimpleQueue[pb.CallReply | None]) -> None:
+        self._execute = execute
+        self._replies = replies
+        self._lock = threading.Lock()
+        self._running: set[int] = set()
+        self._cancelled: set[int] = set()
+        self.closed = False
+
+    def read(self, frames: Iterator[pb.CallFrame], pool: futures.ThreadPoolExecutor) -> None:
+        """Take the node's frames until it closes the stream (or the RPC ends)."""
+        try:
+            for frame in frames:
+                if frame.WhichOneof("kind") == "cancel":
+                    with self._lock:
+                        if frame.id in self._running:
+                            self._cancelled.add(frame.id)
+                    continue
+                with self._lock:
+                    self._running.add(frame.id)
+                pool.submit(self._run, frame)
+        except Exception:  # noqa: BLE001 - the RPC ended (cancelled, node gone): nothing to do
+            pass
+        finally:
+            self._replies.put(None)
+
+    def _run(self, frame: pb.CallFrame) -> None:
+        context = FrameContext(frame)
+        try:
+            if self._dropped(frame.id) or self.closed:
+                return
+            response = _fitting(self._execute(frame.execute, context))
+            if not self._dropped(frame.id):
+                self._replies.put(pb.CallReply(id=frame.id, response=response))
+        finally:
+            with self._lock:
+                self._running.discard(frame.id)
+                self._cancelled.discard(frame.id)
+
+    def _dropped(self, call: int) -> bool:
+        with self._lock:
+            return call in self._cancelled
+
+
+def _fitting(response: pb.ExecuteResponse) -> pb.ExecuteResponse:
+    """``response``, or an error in its place when no gRPC message can carry it (sent, it
+    would break the whole stream and every call on it)."""
+    size = response.ByteSize()
+    if size <= MAX_MESSAGE_BYTES - _FRAME_ROOM:
+        return response
+    return pb.ExecuteResponse(ok=False, error=pb.ErrorInfo(
+        kind="serialization", type="SerializationError",
+        message=f"the result is {size} bytes, over the {MAX_MESSAGE_BYTES}-byte gRPC message "
+                "limit; return large data through the zero-copy path"))
