@@ -38,6 +38,7 @@ def test_stub_package_and_services() -> None:
         "Ping",
         "Describe",
         "Execute",
+        "Calls",
         "ExecuteStream",
         "Heartbeat",
         "InitializeSession",
