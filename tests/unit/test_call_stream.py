@@ -1,0 +1,185 @@
+"""snakepit_tasks.node.call_stream: a worker's Calls stream to a real runtime (no Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from snakepit_tasks import errors
+from snakepit_tasks._proto import bridge_pb2 as pb
+from snakepit_tasks.node.call_stream import StreamError
+from snakepit_tasks.node.rpc import WorkerCalls, WorkerGone
+from snakepit_tasks.node.worker import AdapterWorker, worker_env
+
+SHOWCASE = "adapters.showcase:ShowcaseAdapter"
+
+
+@pytest.fixture
+def run_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="sp-", dir="/tmp")  # short: unix socket paths are limited
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def started(run_dir: str, capacity: int = 1) -> AdapterWorker:
+    env = worker_env(dict(os.environ), "process" if capacity == 1 else "thread", {})
+    worker = AdapterWorker("unit@host/0", 0, SHOWCASE, capacity, run_dir, "run-1", "unit", env)
+    worker.spawn()
+    worker.wait_ready(20)
+    return worker
+
+
+def request(tool: str, **args: object) -> pb.ExecuteRequest:
+    return pb.ExecuteRequest(call_id=f"c-{tool}", tool=tool,
+                             args=pb.Payload(data=json.dumps(args).encode(), encoding="json"))
+
+
+def calls(dead: list[int] | None = None) -> WorkerCalls:
+    return WorkerCalls(1 << 20, lambda w, g: (dead if dead is not None else []).append(g),
+                       lambda: False)
+
+
+def test_calls_share_one_stream_opened_at_first_use(run_dir: str) -> None:
+    worker = started(run_dir)
+    try:
+        stream = worker.call_stream()
+        assert worker.call_stream() is stream
+        for i in range(20):
+            assert calls().execute(worker, "add", {"a": i, "b": 1},
+                                   deadline=time.time() + 10) == i + 1
+        assert worker.call_stream() is stream and not stream.broken
+        pong = calls().execute(worker, "ping", {}, deadline=time.time() + 10)
+        assert pong["pid"] == worker.pid
+    finally:
+        worker.stop(1.0)
+
+
+def test_a_thread_profile_worker_answers_calls_in_the_order_they_finish(run_dir: str) -> None:
+    worker = started(run_dir, capacity=2)
+    finished: list[str] = []
+    try:
+        stream = worker.call_stream()
+
+        def slow() -> None:
+            stream.call(request("sleep", seconds=1.5), 20.0)
+            finished.append("sleep")
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        deadline = time.time() + 10
+        while worker.stub is not None and time.time() < deadline:  # the sleep has started
+            beat = worker.stub.Heartbeat(pb.HeartbeatRequest(seq=1), timeout=5)
+            if beat.inflight:
+                break
+            time.sleep(0.01)
+        response = stream.call(request("ping"), 10.0)
+        finished.append("ping")
+        thread.join(20)
+        assert response.ok and finished == ["ping", "sleep"]
+    finally:
+        worker.stop(1.0)
+
+
+def test_a_call_past_its_deadline_is_cancelled_and_the_stream_goes_on(run_dir: str) -> None:
+    worker = started(run_dir, capacity=2)
+    try:
+        stream = worker.call_stream()
+        with pytest.raises(StreamError) as info:
+            stream.call(request("sleep", seconds=3), 0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert not stream.broken
+        assert stream.call(request("add", a=1, b=2), 10.0).ok
+        with pytest.raises(errors.ExecutionTimeout, match="timeout of 0.3 s"):
+            calls().execute(worker, "sleep", {"seconds": 3}, deadline=time.time() + 0.3,
+                            timeout=0.3)
+        assert worker.state == "ready"  # a thread-profile worker is not replaced
+    finally:
+        worker.stop(1.0)
+
+
+def test_a_process_profile_call_past_its_deadline_replaces_the_worker(run_dir: str) -> None:
+    worker = started(run_dir)
+    dead: list[int] = []
+    try:
+        with pytest.raises(errors.ExecutionTimeout, match="was killed and is being restarted"):
+            calls(dead).execute(worker, "sleep", {"seconds": 5}, deadline=time.time() + 0.3,
+                                timeout=0.3)
+        assert dead == [1]
+        status = worker.exit_status(wait=5)
+        assert status is not None and status.signal == "SIGKILL"
+    finally:
+        worker.stop(1.0)
+
+
+def test_a_crash_fails_the_waiting_call_and_the_next_worker_gets_a_new_stream(
+    run_dir: str,
+) -> None:
+    worker = started(run_dir)
+    try:
+        first = worker.call_stream()
+        with pytest.raises(errors.WorkerCrashed, match="exited with code 3") as info:
+            calls().execute(worker, "crash", {"code": 3}, deadline=time.time() + 10)
+        assert info.value.details["exit_code"] == 3
+        assert first.broken
+        with pytest.raises(StreamError):  # a broken stream fails at once
+            first.call(request("ping"), 5.0)
+        worker.kill()  # as the node's supervisor does before it restarts a worker
+        worker.spawn()
+        worker.wait_ready(20)
+        assert worker.call_stream() is not first
+        pong = calls().execute(worker, "ping", {}, deadline=time.time() + 10)
+        assert pong["pid"] == worker.pid
+    finally:
+        worker.stop(1.0)
+
+
+def test_calls_waiting_on_a_thread_profile_worker_all_fail_when_it_dies(run_dir: str) -> None:
+    worker = started(run_dir, capacity=3)
+    failures: list[BaseException] = []
+    try:
+        def waiting() -> None:
+            try:
+                calls().execute(worker, "sleep", {"seconds": 30}, deadline=time.time() + 60)
+            except BaseException as exc:  # noqa: BLE001 - what the test checks
+                failures.append(exc)
+
+        threads = [threading.Thread(target=waiting) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 10
+        while worker.stub is not None and time.time() < deadline:
+            if worker.stub.Heartbeat(pb.HeartbeatRequest(seq=1), timeout=5).inflight == 2:
+                break
+            time.sleep(0.01)
+        assert worker.process is not None
+        worker.process.kill()
+        for t in threads:
+            t.join(20)
+        assert len(failures) == 2
+        assert all(isinstance(f, errors.WorkerCrashed) for f in failures), failures
+        assert all(f.details.get("signal") == "SIGKILL" for f in failures)  # type: ignore[attr-defined]
+    finally:
+        worker.stop(1.0)
+
+
+def test_a_call_to_a_dead_runtime_is_never_sent(run_dir: str) -> None:
+    """A worker whose process is gone before the call: WorkerGone (nothing ran)."""
+    worker = started(run_dir)
+    dead: list[int] = []
+    try:
+        assert worker.process is not None
+        worker.process.kill()
+        worker.process.wait(5)
+        with pytest.raises(WorkerGone):
+            calls(dead).execute(worker, "ping", {}, deadline=time.time() + 10)
+        assert dead == [1]
+    finally:
+        worker.stop(1.0)
