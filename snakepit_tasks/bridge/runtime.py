@@ -173,6 +173,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         self.device = os.environ.get(DEVICE_ENV) or "cpu"
         # At most ``capacity`` tools run at once, even while a cancelled stream winds down.
         self._slots = threading.BoundedSemaphore(capacity)
+        self._streams: set[Any] = set()  # the contexts of open Calls streams
 
     # -- helpers -----------------------------------------------------------------------
     def _context(self, session_id: str, call_id: str, metadata: Any, rpc: Any) -> SessionContext:
@@ -308,7 +309,26 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
         self, request_iterator: Iterator[pb.CallFrame], context: Any
     ) -> Iterator[pb.CallReply]:
         """The node's one long-lived stream to this worker: its calls, multiplexed by id."""
+        with self._lock:
+            self._streams.add(context)
+        context.add_callback(lambda: self._forget_stream(context))
         return calls.serve_calls(self.Execute, request_iterator, context, self.capacity)
+
+    def _forget_stream(self, context: Any) -> None:
+        with self._lock:
+            self._streams.discard(context)
+
+    def end_streams(self, grace: float) -> None:
+        """Before the server stops: let the calls in flight finish (up to ``grace`` seconds),
+        then end the open Calls streams (an idle stream would hold a graceful stop for its
+        whole grace)."""
+        deadline = time.monotonic() + grace
+        while self._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            streams = list(self._streams)
+        for context in streams:
+            context.cancel()
 
     def ExecuteStream(  # noqa: N802
         self, request: pb.ExecuteRequest, context: Any
@@ -470,7 +490,9 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     _report(ready_fd, {"ok": True, "pid": os.getpid(), "tools": sorted(servicer.tools)})
     stop.wait()
-    server.stop(grace=1.0).wait(2.0)
+    began = time.monotonic()
+    servicer.end_streams(grace=1.0)
+    server.stop(grace=max(0.0, 1.0 - (time.monotonic() - began))).wait(2.0)
     return 0
 
 
