@@ -300,9 +300,16 @@ class Runtime:
                 raise BenchError(f"runtime Execute('ping') failed: {response.error}")
             return response
 
+        def calls() -> Any:
+            response = self.worker.call_stream().call(execute_request, 10.0)
+            if not response.ok:
+                raise BenchError(f"runtime Calls('ping') failed: {response.error}")
+            return response
+
         return [
             Target("grpc_ping", "raw gRPC Ping (unary, unix socket)", ping),
             Target("grpc_execute", 'raw gRPC Execute("ping") to one runtime', execute),
+            Target("grpc_calls", 'raw gRPC Calls stream "ping" (what a node sends)', calls),
         ]
 
     def stream_source(self) -> StreamSource:

@@ -39,6 +39,8 @@ def _results() -> dict[str, object]:
             "snakepit_async": _rt(6.0, 10.0),
             "mux_unary": _rt(0.5, 1.0),
             "mux_bidi": _rt(0.45, 0.9),
+            "grpc_execute": _rt(0.6, 1.2),
+            "grpc_calls": _rt(0.42, 0.9),
         },
         "ray": {"status": "ray not installed"},
         "throughput": {"snakepit": {"calls": 2000, "calls_per_s": 360.0},
@@ -70,6 +72,8 @@ def test_each_target_is_judged_from_its_ratio() -> None:
     assert _row(rows, "100 workers").verdict == "met"
     assert _row(rows, "stream chunks/s").verdict == "not measured"
     assert "keep unary" in _row(rows, "node↔runtime").verdict  # 10% faster only
+    production = _row(rows, "node↔runtime in production")
+    assert production.ratio.startswith("0.70×") and "saves 30%" in production.verdict
 
 
 def test_a_missing_ray_says_so_in_its_row() -> None:
