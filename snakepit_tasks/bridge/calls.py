@@ -31,7 +31,7 @@ class FrameContext:
 
     def __init__(self, frame: pb.CallFrame) -> None:
         self._metadata = tuple(frame.metadata.items())
-        self.deadline = time.time() + frame.timeout if frame.timeout > 0 else None
+        self.deadline = frame.deadline if frame.deadline > 0 else None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -64,12 +65,13 @@ class CallStream:
         """Run ``request`` on the runtime; its response within ``timeout`` seconds. Raises
         StreamError (DEADLINE_EXCEEDED, or the status the stream broke with)."""
         answer: SimpleQueue[_Outcome] = SimpleQueue()
+        deadline = time.time() + timeout
         with self._lock:
             if self._broken is not None:
                 raise self._broken
             call_id = next(self._ids)
             self._waiting[call_id] = answer
-        frame = pb.CallFrame(id=call_id, execute=request, timeout=timeout)
+        frame = pb.CallFrame(id=call_id, execute=request, deadline=deadline)
         if metadata:
             frame.metadata.update(metadata)
         self._frames.put(frame)
