@@ -145,8 +145,12 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
         pipe.exists(keys.pool_alive(pool))
         if session_id:  # the queue it waits in depends on the binding: its length later
             pipe.hmget(keys.session(session_id), "worker", "node")
+            if guess is not None:  # the binding seen last time: read its worker's state now
+                _worker_state_into(pipe, *guess)
         else:
             _lengths_into(pipe, queue_name, keys.fast_pool_queue(pool))
+
+    guess = _bindings.get(session_id) if session_id else None
 
     replies = _pipelined(r, reads)  # one round trip for the common case
     if admission is not None:
@@ -161,10 +165,18 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
         call = call.replace(affinity=affinity_for(settings, pool, call.affinity))
         bound_worker, bound_node = (connections.text(v) if v else None for v in replies[1])
         if bound_worker and bound_node:
+            seen = (bound_worker, bound_node)
+            if seen == guess:  # read in the same round trip
+                state = replies[2:]
+            else:
+                state = _worker_state(r, bound_worker, bound_node)
+                _remember(session_id, seen)
             call, queue_name, node_waiting = _session_route(
-                r, call, session_id, bound_worker, bound_node)
+                r, call, session_id, bound_worker, bound_node, state)
             if queue_name != keys.pool_queue(pool):
                 node, waiting = bound_node, node_waiting
+        else:
+            _bindings.pop(session_id, None)
     if capable_node and queue_name == keys.pool_queue(pool):
         queue_name = keys.node_queue(capable_node)  # not every node of the pool can run it
         node = capable_node
@@ -279,20 +291,45 @@ def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
     return settings.affinity
 
 
+#: The binding (worker, node) this process last saw per session: the next call of the session
+#: reads that worker's state in the same round trip as the binding itself, and uses it only
+#: when the binding is still that one.
+_bindings: dict[str, tuple[str, str]] = {}
+MAX_BINDINGS = 10_000
+
+
+def _remember(session_id: str, binding: tuple[str, str]) -> None:
+    _bindings.pop(session_id, None)
+    _bindings[session_id] = binding
+    while len(_bindings) > MAX_BINDINGS:
+        _bindings.pop(next(iter(_bindings)), None)
+
+
+def _worker_state_into(pipe: Any, worker: str, node: str) -> None:
+    """Queue the reads a bound session's call is routed by: the node's lease, the worker's
+    snapshot and busy count, its taint, and the node's queue lengths (see _session_route)."""
+    pipe.exists(keys.node_lease(node))
+    pipe.hget(keys.node_workers(node), worker)
+    pipe.hget(keys.busy(node), worker)
+    pipe.exists(keys.taint(worker))
+    _lengths_into(pipe, keys.node_queue(node), keys.fast_node_queue(node))
+
+
+def _worker_state(r: Any, worker: str, node: str) -> list[Any]:
+    with r.pipeline(transaction=False) as pipe:
+        _worker_state_into(pipe, worker, node)
+        return list(pipe.execute())
+
+
 def _session_route(
-    r: Any, call: Call, session_id: str, worker: str, node: str
+    r: Any, call: Call, session_id: str, worker: str, node: str, state: list[Any]
 ) -> tuple[Call, str, int]:
-    """Route a call of a bound session according to its affinity mode: the call, its queue,
-    and how many calls wait in the node's queues."""
+    """Route a call of a bound session according to its affinity mode, from its worker's
+    ``state`` (:func:`_worker_state_into`): the call, its queue, and how many calls wait in
+    the node's queues."""
     mode = call.affinity
     pool = call.pool or ""
-    with r.pipeline(transaction=False) as pipe:  # with the node's queue lengths: one trip
-        pipe.exists(keys.node_lease(node))
-        pipe.hget(keys.node_workers(node), worker)
-        pipe.hget(keys.busy(node), worker)
-        pipe.exists(keys.taint(worker))
-        _lengths_into(pipe, keys.node_queue(node), keys.fast_node_queue(node))
-        alive, snapshot, busy_count, tainted, *lengths = pipe.execute()
+    alive, snapshot, busy_count, tainted, *lengths = state
     waiting = int(sum(lengths))
     gone = not alive or not snapshot
     info = json.loads(snapshot) if snapshot else {}
@@ -307,6 +344,7 @@ def _session_route(
                 details,
             )
         session_store.unbind(r, session_id)  # the next worker to run it binds it
+        _bindings.pop(session_id, None)
         telemetry.emit(("snakepit", "session", "rebound"), {}, {
             "session_id": session_id, "pool": pool, "worker_id": worker, "reason": why})
         return call, keys.pool_queue(pool), waiting
