@@ -138,6 +138,7 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
     session_id = call.session_id
     r = connections.redis_client(settings.redis_url)
     queue_name = keys.pool_queue(pool)
+    guess = _bindings.get(session_id) if session_id else None
 
     def reads(pipe: Any) -> None:
         if admission is not None:  # first, as if it ran alone before routing
@@ -149,8 +150,6 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
                 _worker_state_into(pipe, *guess)
         else:
             _lengths_into(pipe, queue_name, keys.fast_pool_queue(pool))
-
-    guess = _bindings.get(session_id) if session_id else None
 
     replies = _pipelined(r, reads)  # one round trip for the common case
     if admission is not None:
