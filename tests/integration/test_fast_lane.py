@@ -77,7 +77,10 @@ def test_a_killed_nodes_fast_lane_calls_are_recovered_by_the_janitor(chaos_node,
     wait_until(lambda: int(r.hget(keys.busy(b.name), f"{b.name}/0") or 0) >= 1, timeout=30,
                message="B busy")
     started = run_async(lambda: sp.execute("spin", {"seconds": 20}, app=app, timeout=60))
-    wait_until(lambda: r.llen(keys.fast_processing(a.name)) >= 1, timeout=30,
+    # Started (claimed, its worker counted busy), not merely taken: a call A took but had not
+    # started yet is re-routed to B, which is right but not what this test is about.
+    wait_until(lambda: r.llen(keys.fast_processing(a.name)) >= 1
+               and int(r.hget(keys.busy(a.name), f"{a.name}/0") or 0) >= 1, timeout=30,
                message="A running the spin call")
     os.kill(a.pid, signal.SIGKILL)
     a.proc.wait(10)
