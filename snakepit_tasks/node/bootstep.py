@@ -103,7 +103,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
             sys.stderr.flush()
             os._exit(processes.EXIT_ADAPTER_UNLOADABLE)
         node.app = worker.app
-        install_intake(node.dead_letter)
+        install_intake(node.dead_letter, node.feed)
+        node.settle_previous_run(worker.app)
         self.node = node
         worker.app.snakepit_node = node
 
