@@ -219,9 +219,6 @@ def same_outcome(seen: Seen, state: str, stored: Any) -> bool:
     return state == "SUCCESS" and stored == seen.result
 
 
-@pytest.mark.xfail(
-    reason="issue 9 open: under load a call can end PENDING in the backend or be lost to a "
-    "QueueTimeout after a node kill (seen 1 run in 3)", strict=False)
 def test_a_thousand_mixed_calls_under_chaos_each_have_one_outcome(
     chaos_node: Any, make_app: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
