@@ -4,12 +4,13 @@ kombu's Redis transport pops a message with ``BRPOP`` and records it as unacknow
 second round trip; a node killed in between would lose the message (in no queue, not
 unacknowledged, never started). A node therefore never BRPOPs its queues. Instead:
 
-1. two feeder threads move messages atomically (``BLMOVE``) from the node's sources (the pool
-   queue, gated: only while the consumer waits for a message; the node's own queue, always)
+1. while the consumer waits for a message (as kombu's own BRPOP would: never while the node
+   is busy, so a busy node leaves the pool queue to its peers), two feeder threads move one
+   atomically (``BLMOVE``) from the node's sources (the pool queue, the node's own queue)
    into a list of their own (``snakepit:intake:<node>:feeding:<queue>``), check them (what is
    not a ``snakepit.execute`` message becomes a dead letter there), and move them on into the
    node's staging list ``snakepit:intake:<node>:staging`` (or, when the consumer stopped
-   waiting meanwhile, back to the pool queue for a peer);
+   waiting meanwhile, back to the head of its queue);
 2. the consumer (:mod:`snakepit_tasks.node.intake`) moves one at a time atomically from
    staging into the node's pulled list ``snakepit:intake:<node>:pulled``;
 3. kombu records it as unacknowledged in the same MULTI/EXEC that removes it from the pulled
@@ -39,7 +40,8 @@ BLOCK_SECONDS = 1
 
 
 class IntakeFeed:
-    """Feeds one node's staging list from its pool queue and its own queue."""
+    """Feeds one node's staging list from its pool queue and its own queue, one message per
+    wait of the consumer (``wanted``)."""
 
     def __init__(self, r: redis.Redis, pool: str, node: str) -> None:
         self.r = r
@@ -57,10 +59,9 @@ class IntakeFeed:
 
     def start(self) -> None:
         """Start the feeder threads (before the consumer starts)."""
-        for source in self.sources:
-            gated = source == self.pool_queue
-            thread = threading.Thread(target=self._feed, args=(source, gated), daemon=True,
-                                      name=f"snakepit-intake-{'pool' if gated else 'node'}")
+        for source, which in zip(self.sources, ("pool", "node"), strict=True):
+            thread = threading.Thread(target=self._feed, args=(source,), daemon=True,
+                                      name=f"snakepit-intake-{which}")
             thread.start()
             self._threads.append(thread)
 
@@ -75,11 +76,11 @@ class IntakeFeed:
         for thread in self._threads:
             thread.join(BLOCK_SECONDS + 1)
 
-    def _feed(self, source: str, gated: bool) -> None:
+    def _feed(self, source: str) -> None:
         lists = [source + suffix for suffix in kombu_redis.PRIORITY_SUFFIXES]
         feeding = keys.intake_feeding(self.node, source)
         while not self._stop.is_set():
-            if gated and not self.wanted.wait(BLOCK_SECONDS):
+            if not self.wanted.wait(BLOCK_SECONDS):
                 continue
             if self._stop.is_set():
                 return
@@ -89,9 +90,10 @@ class IntakeFeed:
                     continue
                 if not self.check(source, bytes(moved)):
                     self.r.lrem(feeding, 1, moved)  # a dead letter now
-                elif gated and not self.wanted.is_set():
-                    # The consumer stopped waiting meanwhile (busy): a peer may run it.
-                    self.r.lmove(feeding, source, "RIGHT", "RIGHT")  # runs next
+                elif not self.wanted.is_set():
+                    # The consumer stopped waiting meanwhile (the other feeder served it, or
+                    # the node is busy): back to its queue (a peer may run it), next in line.
+                    self.r.lmove(feeding, source, "RIGHT", "RIGHT")
                 else:
                     self.r.lmove(feeding, self.staging, "RIGHT", "LEFT")
                     self.wanted.clear()  # one message per wait of the consumer
@@ -100,7 +102,8 @@ class IntakeFeed:
                 self._stop.wait(BLOCK_SECONDS)
 
     def _move(self, lists: list[str], feeding: str) -> Any:
-        """Move one message of ``lists`` (first non-empty, priority order) into ``feeding``."""
+        """Move one message of ``lists`` (first non-empty, priority order) into ``feeding``;
+        blocks on the queue itself (a message in a priority list waits at most BLOCK_SECONDS)."""
         for name in lists:
             moved = self.r.lmove(name, feeding, "RIGHT", "LEFT")
             if moved is not None:
