@@ -8,6 +8,10 @@ call state it would have left). The janitor on A takes over the ghost's messages
 was only pulled must be re-routed and run once; a call that had its outcome must keep it: no
 second direct reply, no failure over a stored SUCCESS, and for a stream whose result never
 reached the backend, the stream's own final result stored there.
+
+Also staged: messages a dead node's intake had taken into its own lists (never reached
+Celery) run once; a node restarted under its own name settles what its killed previous run
+held (taken: run; started, not idempotent: WorkerCrashed, not run again).
 """
 
 from __future__ import annotations
