@@ -95,8 +95,10 @@ class IntakeFeed:
                     # the node is busy): back to its queue (a peer may run it), next in line.
                     self.r.lmove(feeding, source, "RIGHT", "RIGHT")
                 else:
+                    # One message per wait of the consumer: cleared before the consumer can
+                    # take it (and start waiting again).
+                    self.wanted.clear()
                     self.r.lmove(feeding, self.staging, "RIGHT", "LEFT")
-                    self.wanted.clear()  # one message per wait of the consumer
             except redis.RedisError:
                 log.debug("intake: Redis unavailable; retrying", exc_info=True)
                 self._stop.wait(BLOCK_SECONDS)
