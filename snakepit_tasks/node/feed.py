@@ -55,6 +55,7 @@ class IntakeFeed:
         #: ``check(queue, raw)``: whether a message may go on (else it was dead-lettered).
         self.check: Callable[[str, bytes], bool] = lambda queue, raw: True
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -90,18 +91,24 @@ class IntakeFeed:
                     continue
                 if not self.check(source, bytes(moved)):
                     self.r.lrem(feeding, 1, moved)  # a dead letter now
-                elif not self.wanted.is_set():
-                    # The consumer stopped waiting meanwhile (the other feeder served it, or
-                    # the node is busy): back to its queue (a peer may run it), next in line.
-                    self.r.lmove(feeding, source, "RIGHT", "RIGHT")
-                else:
-                    # One message per wait of the consumer: cleared before the consumer can
-                    # take it (and start waiting again).
-                    self.wanted.clear()
+                elif self._claim_wait():
                     self.r.lmove(feeding, self.staging, "RIGHT", "LEFT")
+                else:
+                    # The consumer stopped waiting meanwhile (the other feeder served it, the
+                    # node is busy or stopping): back to its queue, next in line.
+                    self.r.lmove(feeding, source, "RIGHT", "RIGHT")
             except redis.RedisError:
                 log.debug("intake: Redis unavailable; retrying", exc_info=True)
                 self._stop.wait(BLOCK_SECONDS)
+
+    def _claim_wait(self) -> bool:
+        """Whether the consumer still waits and this feeder serves it: one message per wait,
+        claimed (cleared) before the consumer can take it and wait again."""
+        with self._lock:
+            if self._stop.is_set() or not self.wanted.is_set():
+                return False
+            self.wanted.clear()
+            return True
 
     def _move(self, lists: list[str], feeding: str) -> Any:
         """Move one message of ``lists`` (first non-empty, priority order) into ``feeding``;
@@ -120,8 +127,8 @@ def source_of(raw: bytes, default: str) -> str:
         key = message["properties"]["delivery_info"]["routing_key"]
     except (ValueError, TypeError, KeyError, RecursionError):
         return default
-    return key if isinstance(key, str) and key.startswith(("snakepit.pool.",
-                                                            "snakepit.node.")) else default
+    ours = (keys.pool_queue(""), keys.node_queue(""))
+    return key if isinstance(key, str) and key.startswith(ours) else default
 
 
 def settle(r: redis.Redis, pool: str, node: str) -> int:
