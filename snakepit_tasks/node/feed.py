@@ -113,10 +113,11 @@ class IntakeFeed:
     def _move(self, lists: list[str], feeding: str) -> Any:
         """Move one message of ``lists`` (first non-empty, priority order) into ``feeding``;
         blocks on the queue itself (a message in a priority list waits at most BLOCK_SECONDS)."""
-        for name in lists:
-            moved = self.r.lmove(name, feeding, "RIGHT", "LEFT")
-            if moved is not None:
-                return moved
+        if self.r.exists(*lists[1:]):  # rare: messages sent with a priority
+            for name in lists:
+                moved = self.r.lmove(name, feeding, "RIGHT", "LEFT")
+                if moved is not None:
+                    return moved
         return self.r.blmove(lists[0], feeding, BLOCK_SECONDS, "RIGHT", "LEFT")
 
 
