@@ -107,7 +107,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         # Fast-lane calls get the task events Celery sends for its own (Flower shows them).
         node.fast_lane.events = TaskEvents(lambda: getattr(worker.consumer, "event_dispatcher",
                                                            None))
-        install_intake(node.dead_letter)
+        install_intake(node.dead_letter, node.feed)
+        node.settle_previous_run(worker.app)
         self.node = node
         worker.app.snakepit_node = node
 
