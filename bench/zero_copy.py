@@ -6,7 +6,9 @@ transfer (the design choice of snakepit_tasks/zero_copy/arena.py); a tool return
 table through snakepit's zero-copy path to a caller on the same host (shared memory) and
 through Arrow Flight (loopback); the same table pickled through a plain Celery task and its
 Redis result backend; and the handle itself (its size, and the time to map a 256 MiB value
-from it). Effective GB/s = table bytes / time until the caller holds the table.
+from it). Effective GB/s = table bytes / time until the caller holds the table. For Flight
+also the CPU time each process spent per transfer (caller, node, runtime): on a shared
+machine the wall time moves with the others' load, the CPU time much less.
 
 Each figure is the median of ``--repeats`` runs after one warm-up. A private redis-server,
 one snakepit node (1 worker of adapters.data:DataAdapter, the table built once) and one
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -53,6 +56,38 @@ def timed(fn: Callable[[], Any], repeats: int, after: Callable[[Any], None] = la
         after(value)
         del value
     return times
+
+
+class CpuMeter:
+    """CPU seconds this process and ``pids`` spent during each call of a wrapped function."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.samples: list[dict[str, float]] = []
+
+    def now(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        seconds = {"caller": usage.ru_utime + usage.ru_stime}
+        for name, pid in self.pids.items():
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seconds[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return seconds
+
+    def wrap(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def measured() -> Any:
+            before = self.now()
+            value = fn()
+            after = self.now()
+            self.samples.append({k: after[k] - before[k] for k in after})
+            return value
+
+        return measured
+
+    def medians(self) -> dict[str, float]:
+        """Median seconds per process over the calls after the first (the warm-up)."""
+        kept = self.samples[1:]
+        return {k: statistics.median(s[k] for s in kept) for k in kept[0]} if kept else {}
 
 
 def memcpy(nbytes: int, repeats: int) -> list[float]:
@@ -134,7 +169,8 @@ def run(mib: int, repeats: int) -> dict[str, Any]:
                    *CELERY_FLAGS]
             procs.start("raw", cmd, _child_env(BENCH_RAW_REDIS_URL=server.url,
                                                BENCH_RAW_QUEUE=queue))
-            wait_workers_ready(server.url, pool, 1, node)
+            [lease] = wait_workers_ready(server.url, pool, 1, node)
+            [worker] = lease["workers"]
             pools = [{"name": pool, "adapter": DATA, "pool_size": 1}]
             args = {"mib": mib, "cache": True}
 
@@ -149,8 +185,10 @@ def run(mib: int, repeats: int) -> dict[str, Any]:
             figures["shm"] = timed(lambda: sp.execute("make_table", args, pool=pool, app=app),
                                    repeats, release)
             app = sp.configure(redis_url=server.url, pools=pools, zero_copy_transport="flight")
-            figures["flight"] = timed(
-                lambda: sp.execute("make_table", args, pool=pool, app=app), repeats, release)
+            meter = CpuMeter({"node": node.process.pid, "runtime": int(worker["pid"])})
+            figures["flight"] = timed(meter.wrap(
+                lambda: sp.execute("make_table", args, pool=pool, app=app)), repeats, release)
+            figures["flight_cpu_s"] = meter.medians()
             raw = zero_copy_celery.create_app(server.url, queue)
             task = raw.tasks[zero_copy_celery.TABLE]
             figures["pickle"] = timed(lambda: task.delay(mib).get(timeout=120), repeats,
@@ -171,6 +209,9 @@ def report(figures: dict[str, Any]) -> str:
                 f"{copy / median:.2f}× | {what} |")
 
     hand = figures["handle"]
+    flight = figures["flight"]
+    cpu = "; ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in
+                    figures.get("flight_cpu_s", {}).items())
     lines = [
         f"{figures['mib']} MiB table (int64 column), median of {figures['repeats']} runs, "
         f"{figures['cpus']} CPUs",
@@ -189,6 +230,8 @@ def report(figures: dict[str, Any]) -> str:
         row("pickle through Celery + Redis", figures["pickle"],
             "plain Celery task returning the table, pickle serializer, Redis backend"),
         "",
+        f"Arrow Flight: {min(flight) * 1000:.0f}–{max(flight) * 1000:.0f} ms across the runs; "
+        f"CPU per transfer (median): {cpu}",
         f"handle: {hand['bytes']} bytes on the wire; encoding it "
         f"{statistics.median(hand['encode_s']) * 1e6:.0f} µs; mapping the 256 MiB value "
         f"from it {statistics.median(hand['map_s']) * 1e6:.0f} µs; a call returning a small "

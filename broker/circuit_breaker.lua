@@ -36,8 +36,15 @@ local max_trials = tonumber(ARGV[4])
 local token = ARGV[5]
 local ttl = tonumber(ARGV[6])
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Redis time (ms), read once and only when a step needs it (a closed admit does not).
+local now_ms = nil
+local function now()
+  if now_ms == nil then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
 
 if op == 'reset' then
   local before = redis.call('HGET', key, 'state') or 'closed'
@@ -55,11 +62,11 @@ local wrote = false
 local function to(new)
   state = new
   wrote = true
-  redis.call('HSET', key, 'state', new, 'changed_at', now)
+  redis.call('HSET', key, 'state', new, 'changed_at', now())
   redis.call('DEL', trials)
   if new == 'open' then
-    opened_at = now
-    redis.call('HSET', key, 'opened_at', now)
+    opened_at = now()
+    redis.call('HSET', key, 'opened_at', now())
     redis.call('HINCRBY', key, 'opened', 1)
   elseif new == 'closed' then
     failures = 0
@@ -76,11 +83,11 @@ local function trial_done()
   return true
 end
 
-if state == 'open' and now - opened_at >= reset_ms then
+if state == 'open' and now() - opened_at >= reset_ms then
   to('half_open')
 end
 if state == 'half_open' then
-  redis.call('ZREMRANGEBYSCORE', trials, '-inf', now)  -- slots of callers that never reported
+  redis.call('ZREMRANGEBYSCORE', trials, '-inf', now())  -- slots of callers that never reported
 end
 
 local verdict = '1'
@@ -91,7 +98,7 @@ if op == 'admit' or op == 'check' then
   elseif state == 'half_open' and op == 'admit' then
     if redis.call('ZCARD', trials) < max_trials then
       verdict = tostring(redis.call('HINCRBY', key, 'seq', 1))
-      redis.call('ZADD', trials, now + reset_ms, verdict)
+      redis.call('ZADD', trials, now() + reset_ms, verdict)
       redis.call('PEXPIRE', trials, reset_ms + 1000)
       wrote = true
     else
@@ -117,7 +124,7 @@ elseif op == 'success' then
   end
 elseif op == 'failure' then
   redis.call('HINCRBY', key, 'failures_total', 1)
-  redis.call('HSET', key, 'last_failure_at', now)
+  redis.call('HSET', key, 'last_failure_at', now())
   wrote = true
   if state == 'closed' then
     failures = redis.call('HINCRBY', key, 'failures', 1)
@@ -139,7 +146,7 @@ end
 
 local retry_in = 0
 if state == 'open' then
-  retry_in = opened_at + reset_ms - now
+  retry_in = opened_at + reset_ms - now()
 end
 local in_flight = 0
 if state == 'half_open' then

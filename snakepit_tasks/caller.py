@@ -26,6 +26,7 @@ from .app import default_app
 from .call import TASK_NAME, timeout_seconds
 from .errors import ConfigurationError, ExecutionTimeout, QueueTimeout
 from .resilience import CircuitBreaker, HealthMonitor, RetryPolicy, breaker_for
+from .resilience.circuit_breaker import Admission
 from .telemetry import tracing
 
 # Seconds a caller waits past a call's deadline for the node's own verdict.
@@ -53,11 +54,11 @@ def send(app: Celery, command: str, args: dict[str, Any] | None, **kwargs: Any) 
     """Send one call whose outcome this process does not wait for here: rejected with
     CircuitOpen while the pool's breaker is open, and not counted by it."""
     guard = breaker(app, kwargs.get("pool"), command)
-    if guard is not None:
-        guard.check()
+    # The breaker's check runs in routing's round trip (ExecuteTask.apply_async).
+    admission = Admission(guard, "check") if guard is not None else None
     with tracing.span(f"snakepit.send {command}", {"snakepit.pool": kwargs.get("pool")},
                       kind="client"):
-        return app.tasks[TASK_NAME].apply_async((command, args), kwargs)
+        return app.tasks[TASK_NAME].apply_async((command, args), kwargs, admission=admission)
 
 
 def execute(
@@ -171,12 +172,7 @@ def _run_and_wait(
         with connections.redis_errors_as_snakepit(
             f"running {command!r}", settings.redis_url, settings.broker
         ):
-            return guarded(
-                app,
-                options.get("pool"),
-                command,
-                lambda: _send_and_wait(app, command, args, **options),
-            )
+            return _admitted(app, command, args, **options)
 
     policy = retry_policy(app, retry)
     began, failure = time.perf_counter_ns(), None
@@ -209,8 +205,28 @@ def retry_policy(app: Celery, retry: RetryPolicy | bool | None) -> RetryPolicy |
     return retry
 
 
+def _admitted(app: Celery, command: str, args: dict[str, Any] | None, **options: Any) -> Any:
+    """One call through the pool's circuit breaker, admitted in the round trip that routes it
+    (CircuitOpen at once, nothing sent, while it is open); its outcome counted when it ends."""
+    guard = breaker(app, options.get("pool"), command)
+    if guard is None:
+        return _send_and_wait(app, command, args, None, **options)
+    admission = Admission(guard)
+    try:
+        value = _send_and_wait(app, command, args, admission, **options)
+    except BaseException as exc:
+        admission.record(exc)
+        raise
+    admission.record(None)
+    return value
+
+
 def _send_and_wait(
-    app: Celery, command: str, args: dict[str, Any] | None, **options: Any
+    app: Celery,
+    command: str,
+    args: dict[str, Any] | None,
+    admission: Admission | None,
+    **options: Any,
 ) -> Any:
     settings = app.snakepit_settings
     seconds = timeout_seconds(options.get("timeout"), settings.default_command_timeout)
@@ -219,15 +235,19 @@ def _send_and_wait(
     # The reply comes straight back through Redis: no result-backend entry, no per-call
     # subscription (both cost round trips and serialise threaded callers).
     result: AsyncResult | None = None
-    if settings.fast_lane:
-        call_id = fast_lane.send(settings, (command, args), kwargs)
-    else:
-        result = app.tasks[TASK_NAME].apply_async((command, args), kwargs, ignore_result=True)
-        call_id = result.id
     r = connections.redis_client(settings.redis_url)
     queue_deadline = time.time() + settings.pool_queue_timeout / 1000
+    first_wait = queue_deadline if queue_deadline < deadline else deadline + RESULT_GRACE_SECONDS
+    body: bytes | None = None
+    if settings.fast_lane:  # the first wait for the reply rides with the push
+        call_id, body = fast_lane.send(settings, (command, args), kwargs, admission, first_wait)
+    else:
+        result = app.tasks[TASK_NAME].apply_async((command, args), kwargs, ignore_result=True,
+                                                  admission=admission)
+        call_id = result.id
     if queue_deadline < deadline:
-        body = replies.pop(r, call_id, queue_deadline)
+        if body is None:
+            body = replies.pop(r, call_id, queue_deadline)
         if body is not None:
             return replies.outcome(body, settings)
         if give_up(app, call_id, options.get("pool") or settings.default_pool_name):
@@ -240,6 +260,8 @@ def _send_and_wait(
                 f"({settings.pool_queue_timeout} ms); it will not run",
                 {"task_id": call_id},
             )
+    if body is not None:
+        return replies.outcome(body, settings)
     body = replies.pop(r, call_id, deadline + RESULT_GRACE_SECONDS)
     if body is None:
         if result is not None:

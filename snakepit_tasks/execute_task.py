@@ -55,11 +55,12 @@ class ExecuteTask(Task):
         """Validate, route and send the call. ``job="name"`` also records the run under that
         name for late readers (:mod:`snakepit_tasks.jobs`)."""
         job = options.pop("job", None)
+        admission = options.pop("admission", None)  # the caller's circuit breaker, if any
         if job is not None:
             _check_name("job", job)
         settings = self.app.snakepit_settings
         with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
-            route = routing.prepare(settings, args, kwargs)
+            route = routing.prepare(settings, args, kwargs, admission)
             options.setdefault("queue", route.queue)
             options.setdefault("kwargsrepr", _preview(route.call))
             try:

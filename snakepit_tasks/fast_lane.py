@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import connections, routing, serialization, telemetry
+from . import connections, keys, kombu_redis, lua, replies, routing, serialization, telemetry
 from .call import Call
 from .config import Settings
+from .queues import declare_queue
 from .telemetry import tracing
+from .zero_copy import process as zero_copy_process
+
+if TYPE_CHECKING:
+    from .resilience.circuit_breaker import Admission
+
+#: How long a refusal waits in a reply list nobody pops (ms).
+REFUSAL_TTL_MS = 60_000
 
 
 def encode(call_id: str, call: Call, trace: dict[str, str] | None = None) -> bytes:
@@ -47,16 +55,87 @@ def decode_traced(raw: bytes) -> tuple[str, dict[str, Any], dict[str, str]]:
     return call_id, kwargs, carrier
 
 
-def send(settings: Settings, args: Any, kwargs: Any) -> str:
-    """Validate and route a call, push it to its fast-lane list; returns its id."""
-    route = routing.prepare(settings, args, kwargs)
+def send(
+    settings: Settings,
+    args: Any,
+    kwargs: Any,
+    admission: Admission | None = None,
+    wait_until: float | None = None,
+) -> tuple[str, bytes | None]:
+    """Validate and route a call, push it to its fast-lane list: its id, and its reply when
+    ``wait_until`` (epoch seconds) is given and the reply came by then (or within
+    ``replies.MAX_BLOCK_SECONDS``), else None.
+
+    The wait for the reply rides in the same round trip as the push. ``admission`` (the
+    pool's circuit breaker) is settled in routing's round trip: a call to its pool's list (no
+    session, nothing required of the host) is admitted, checked, pushed and waited for in one
+    round trip (``broker/fast_send.lua``); other calls are routed first (one or two trips).
+    """
+    call = routing.parse(settings, args, kwargs)
     call_id = str(uuid.uuid4())
     r = connections.redis_client(settings.redis_url)
-    with tracing.span(f"snakepit.publish {route.call.command}", {"snakepit.call_id": call_id},
-                      kind="producer"):
-        r.lpush(route.fast_queue, encode(call_id, route.call, tracing.inject({})))
+    sent_at = time.time_ns()
+    try:
+        with tracing.span(f"snakepit.publish {call.command}", {"snakepit.call_id": call_id},
+                          kind="producer"):
+            block = replies.block_seconds(wait_until) if wait_until is not None else None
+            if routing.is_plain(settings, call):
+                route, body = _send_plain(settings, r, call, call_id, admission, block)
+            else:
+                route = routing.route(settings, call, admission)
+                with r.pipeline(transaction=False) as pipe:
+                    pipe.lpush(route.fast_queue, encode(call_id, route.call, tracing.inject({})))
+                    if block is not None:
+                        pipe.blpop([keys.reply(call_id)], timeout=block)
+                    answers = pipe.execute()
+                body = replies.popped(answers[1]) if block is not None else None
+    except BaseException:
+        zero_copy_process.discard_own(call.args)  # not sent: its large arguments are freed
+        raise
     call = route.call
-    telemetry.emit(("snakepit", "call", "sent"), {"system_time": time.time_ns()}, {
+    telemetry.emit(("snakepit", "call", "sent"), {"system_time": sent_at}, {
         "call_id": call_id, "tool": call.command, "pool": call.pool,
         "queue": route.fast_queue, "session_id": call.session_id, "stream": call.stream})
-    return call_id
+    return call_id, body
+
+
+def _send_plain(
+    settings: Settings,
+    r: Any,
+    call: Call,
+    call_id: str,
+    admission: Admission | None,
+    block: float | None,
+) -> tuple[routing.Route, bytes | None]:
+    """Admit, check, push and (``block`` seconds) wait for a call to its pool's list, in one
+    round trip: ``broker/fast_send.lua`` and a BLPOP of the reply list behind it (the script
+    pushes a refusal there when it sends nothing, so the BLPOP returns at once). Raises what
+    routing raises (CircuitOpen, NoWorkersAvailable, QueueFull), having sent nothing."""
+    pool = call.pool or settings.default_pool_name
+    queue_name = keys.pool_queue(pool)
+    if admission is not None:
+        breaker_keys, breaker_args = admission.breaker.keys, admission.breaker.argv(admission.op)
+    else:
+        breaker_keys = [keys.circuit(pool), keys.circuit_trials(pool)]
+        breaker_args = ["", 0, 0, 0, "", 0]
+    reply_key = keys.reply(call_id)
+    script_keys = [*breaker_keys, keys.fast_pool_queue(pool), keys.pool_alive(pool), reply_key,
+                   *kombu_redis.queue_lists(queue_name)]
+    script_args = [*breaker_args, settings.pool_max_queue_size,
+                   encode(call_id, call, tracing.inject({})), "0" if block is None else "1",
+                   REFUSAL_TTL_MS]
+    with r.pipeline(transaction=False) as pipe:
+        # EVAL, not EVALSHA: a script Redis lost (a restart) must not leave the BLPOP waiting.
+        pipe.eval(lua.compact("fast_send"), len(script_keys), *script_keys, *script_args)
+        if block is not None:
+            pipe.blpop([reply_key], timeout=block)
+        answers = pipe.execute()
+    status, waiting, verdict = connections.text(answers[0][0]), int(answers[0][1]), answers[0][2]
+    if admission is not None:
+        admission.settle(verdict)  # CircuitOpen when it refused
+    if status == "gone":
+        raise routing.missing_pool_error(settings, r, pool)
+    if status == "full":
+        raise routing.queue_full(settings, r, pool, queue_name, waiting)
+    body = replies.popped(answers[1]) if block is not None else None
+    return routing.Route(call=call, queue=declare_queue(queue_name)), body

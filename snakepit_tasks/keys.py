@@ -111,6 +111,21 @@ def dead_backlog(pool: str) -> str:
     return f"{PREFIX}:pool:{pool}:dead_backlog"
 
 
+def intake_feeding(node: str, queue: str) -> str:
+    """The Celery-lane message one of ``node``'s feeders took from ``queue`` (being checked)."""
+    return f"{PREFIX}:intake:{node}:feeding:{queue}"
+
+
+def intake_staging(node: str) -> str:
+    """Celery-lane messages ``node``'s feeders took from its queues for its consumer."""
+    return f"{PREFIX}:intake:{node}:staging"
+
+
+def intake_pulled(node: str) -> str:
+    """The Celery-lane message ``node``'s consumer took, until kombu records it unacked."""
+    return f"{PREFIX}:intake:{node}:pulled"
+
+
 # kombu's Redis transport keeps delivered-but-unacknowledged messages here.
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"

@@ -31,10 +31,15 @@ class UndecodableMessage(ValueError):
     """A queue entry that is not a Celery task message kombu could deliver."""
 
 
+def queue_lists(queue: str) -> list[str]:
+    """The lists that hold ``queue``'s messages (QUEUE_PARTS of them, priority 0 first)."""
+    return [queue + suffix for suffix in PRIORITY_SUFFIXES]
+
+
 def queue_length_into(pipe: Any, queue: str) -> None:
     """Queue the LLENs whose sum is ``queue``'s length on a pipeline (QUEUE_PARTS replies)."""
-    for suffix in PRIORITY_SUFFIXES:
-        pipe.llen(queue + suffix)
+    for name in queue_lists(queue):
+        pipe.llen(name)
 
 
 def queue_length(r: redis.Redis, queue: str) -> int:

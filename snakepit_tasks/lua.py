@@ -9,10 +9,32 @@ from typing import Any
 
 import redis
 
+INCLUDE = "-- include: "
+
 
 @functools.cache
 def source(name: str) -> str:
-    """The text of ``broker/<name>.lua``."""
+    """The text of ``broker/<name>.lua``. A header line ``-- include: <other>`` puts the text
+    of ``broker/<other>.lua`` in front of it as ``local function <other>(KEYS, ARGV)``, so one
+    script can run another's logic in the same atomic step."""
+    text = _read(name)
+    included = [
+        f"local function {other}(KEYS, ARGV)\n{source(other)}\nend\n"
+        for other in (line[len(INCLUDE):].split()[0] for line in text.splitlines()
+                      if line.startswith(INCLUDE))
+    ]
+    return "".join(included) + text
+
+
+@functools.cache
+def compact(name: str) -> str:
+    """:func:`source` without its comment lines: what ``EVAL`` sends (Redis compiles a script
+    once and finds it again by its SHA)."""
+    return "\n".join(line for line in source(name).splitlines()
+                     if line.strip() and not line.lstrip().startswith("--"))
+
+
+def _read(name: str) -> str:
     try:
         return (resources.files("snakepit_tasks.broker") / f"{name}.lua").read_text()
     except ModuleNotFoundError:

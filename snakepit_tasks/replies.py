@@ -52,9 +52,22 @@ def pop(r: redis.Redis, call_id: str, deadline: float) -> bytes | None:
     """Block until the call's reply arrives or ``deadline`` (epoch seconds) passes."""
     key = keys.reply(call_id)
     while True:
-        remaining = deadline - time.time()
-        if remaining <= 0:
+        block = block_seconds(deadline)
+        if block is None:
             return None
-        got: Any = r.blpop([key], timeout=min(MAX_BLOCK_SECONDS, max(0.01, remaining)))
+        got: Any = r.blpop([key], timeout=block)
         if got:  # the list held one reply: Redis removed it with its last element
             return bytes(got[1])
+
+
+def block_seconds(deadline: float) -> float | None:
+    """How long one BLPOP waits for a reply due by ``deadline`` (None: it is past)."""
+    remaining = deadline - time.time()
+    if remaining <= 0:
+        return None
+    return min(MAX_BLOCK_SECONDS, max(0.01, remaining))
+
+
+def popped(got: Any) -> bytes | None:
+    """The reply body in a BLPOP's answer (None when it timed out)."""
+    return bytes(got[1]) if got else None

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu import Queue
+from redis.exceptions import NoScriptError
 
 from . import (
     connections,
     hardware,
     keys,
     kombu_redis,
+    lua,
     pool_state,
     serialization,
     session_store,
@@ -38,6 +41,9 @@ from .queues import declare_queue
 from .zero_copy import Options
 from .zero_copy import process as zero_copy_process
 from .zero_copy.host import host_id
+
+if TYPE_CHECKING:
+    from .resilience.circuit_breaker import Admission
 
 
 @dataclass(frozen=True)
@@ -113,61 +119,130 @@ def _begin_export(settings: Settings, call: Call) -> Any:
     return exporter.begin(arguments=True, offer_flight=flight)
 
 
-def prepare(settings: Settings, args: Any, kwargs: Any) -> Route:
-    """Validate a call and decide its queue; raise before anything is sent."""
+def prepare(
+    settings: Settings, args: Any, kwargs: Any, admission: Admission | None = None
+) -> Route:
+    """Validate a call and decide its queue; raise before anything is sent. ``admission``
+    (the pool's circuit breaker) is settled in the same round trip as the routing reads."""
     call = parse(settings, args, kwargs)
     try:
-        return _route(settings, call)
+        return route(settings, call, admission)
     except BaseException:
         zero_copy_process.discard_own(call.args)  # not sent: its large arguments are freed
         raise
 
 
-def _route(settings: Settings, call: Call) -> Route:
+def route(settings: Settings, call: Call, admission: Admission | None = None) -> Route:
+    """Decide the queue of a call :func:`parse` validated (see :func:`prepare`)."""
     pool = call.pool or settings.default_pool_name
     session_id = call.session_id
     r = connections.redis_client(settings.redis_url)
     queue_name = keys.pool_queue(pool)
-    parts = kombu_redis.QUEUE_PARTS + 1  # Celery's lists, then the fast lane's
-    with r.pipeline(transaction=False) as pipe:  # one round trip for the common case
+    guess = _bindings.get(session_id) if session_id else None
+
+    def reads(pipe: Any) -> None:
+        if admission is not None:  # first, as if it ran alone before routing
+            _admit_into(pipe, admission)
         pipe.exists(keys.pool_alive(pool))
-        kombu_redis.queue_length_into(pipe, queue_name)
-        pipe.llen(keys.fast_pool_queue(pool))
-        if session_id:
+        if session_id:  # the queue it waits in depends on the binding: its length later
             pipe.hmget(keys.session(session_id), "worker", "node")
-        replies = pipe.execute()
+            if guess is not None:  # the binding seen last time: read its worker's state now
+                _worker_state_into(pipe, *guess)
+        else:
+            _lengths_into(pipe, queue_name, keys.fast_pool_queue(pool))
+
+    replies = _pipelined(r, reads)  # one round trip for the common case
+    if admission is not None:
+        admission.settle(replies.pop(0))
     if not replies[0]:
         raise missing_pool_error(settings, r, pool)
-    waiting = sum(replies[1 : 1 + parts])
+    waiting: int | None = None if session_id else int(sum(replies[1:]))
     node = None
     requires = required(settings, pool, call.requires)
     capable_node = _capable_node(r, pool, requires) if requires else None
     if session_id:
         call = call.replace(affinity=affinity_for(settings, pool, call.affinity))
-        bound = replies[1 + parts]
-        bound_worker, bound_node = (connections.text(v) if v else None for v in bound)
+        bound_worker, bound_node = (connections.text(v) if v else None for v in replies[1])
         if bound_worker and bound_node:
-            call, queue_name = _session_route(r, call, session_id, bound_worker, bound_node)
+            seen = (bound_worker, bound_node)
+            if seen == guess:  # read in the same round trip
+                state = replies[2:]
+            else:
+                state = _worker_state(r, bound_worker, bound_node)
+                _remember(session_id, seen)
+            call, queue_name, node_waiting = _session_route(
+                r, call, session_id, bound_worker, bound_node, state)
             if queue_name != keys.pool_queue(pool):
-                node = bound_node
-                waiting = kombu_redis.queue_length(r, queue_name) + int(
-                    r.llen(keys.fast_node_queue(bound_node)))
+                node, waiting = bound_node, node_waiting
+        else:
+            _bindings.pop(session_id, None)
     if capable_node and queue_name == keys.pool_queue(pool):
         queue_name = keys.node_queue(capable_node)  # not every node of the pool can run it
         node = capable_node
-        waiting = kombu_redis.queue_length(r, queue_name) + int(
-            r.llen(keys.fast_node_queue(capable_node)))
+        waiting = _waiting(r, queue_name, keys.fast_node_queue(capable_node))
+    if waiting is None:  # a session's first call, or one routed back to the pool
+        waiting = _waiting(r, queue_name, keys.fast_pool_queue(pool))
     if waiting >= settings.pool_max_queue_size:
-        pool_state.count(r, pool, pool_saturated=1)
-        telemetry.emit(("snakepit", "pool", "saturated"),
-                       {"queued": waiting, "max_queue_size": settings.pool_max_queue_size},
-                       {"pool": pool, "queue": queue_name})
-        raise QueueFull(
-            f"{waiting} calls already wait in {queue_name} (pool_max_queue_size is "
-            f"{settings.pool_max_queue_size}); retry later or add workers",
-            {"pool": pool, "queued": waiting},
-        )
+        raise queue_full(settings, r, pool, queue_name, waiting)
     return Route(call=call, queue=declare_queue(queue_name), node=node)
+
+
+def _lengths_into(pipe: Any, queue: str, fast_queue: str) -> None:
+    """Queue the LLENs whose sum is how many calls wait for one destination, on both lanes."""
+    kombu_redis.queue_length_into(pipe, queue)
+    pipe.llen(fast_queue)
+
+
+def _waiting(r: Any, queue: str, fast_queue: str) -> int:
+    with r.pipeline(transaction=False) as pipe:
+        _lengths_into(pipe, queue, fast_queue)
+        return int(sum(pipe.execute()))
+
+
+def is_plain(settings: Settings, call: Call) -> bool:
+    """Whether ``call`` goes to its pool's queue whatever Redis holds: no session, and
+    nothing required of the host that only some nodes may have."""
+    return not call.session_id and not required(
+        settings, call.pool or settings.default_pool_name, call.requires)
+
+
+def queue_full(settings: Settings, r: Any, pool: str, queue_name: str, waiting: int) -> QueueFull:
+    """QueueFull for a call refused because ``waiting`` calls wait (counted and emitted)."""
+    pool_state.count(r, pool, pool_saturated=1)
+    telemetry.emit(("snakepit", "pool", "saturated"),
+                   {"queued": waiting, "max_queue_size": settings.pool_max_queue_size},
+                   {"pool": pool, "queue": queue_name})
+    return QueueFull(
+        f"{waiting} calls already wait in {queue_name} (pool_max_queue_size is "
+        f"{settings.pool_max_queue_size}); retry later or add workers",
+        {"pool": pool, "queued": waiting},
+    )
+
+
+def _admit_into(pipe: Any, admission: Admission) -> None:
+    """Queue the breaker's script on ``pipe`` by its SHA (see :func:`_pipelined`)."""
+    breaker = admission.breaker
+    sha = lua.script(breaker.redis, "circuit_breaker").sha
+    pipe.evalsha(sha, len(breaker.keys), *breaker.keys, *breaker.argv(admission.op))
+
+
+def _pipelined(r: Any, build: Callable[[Any], None]) -> list[Any]:
+    """Run the commands ``build`` queues in one round trip. A script Redis does not know yet
+    (first use, or after a restart) is loaded and the whole batch sent again: a batch whose
+    script was refused ran only reads."""
+    for attempt in range(2):
+        with r.pipeline(transaction=False) as pipe:
+            build(pipe)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        if attempt == 0 and any(isinstance(x, NoScriptError) for x in replies):
+            script = lua.script(r, "circuit_breaker")
+            script.sha = r.script_load(script.script)
+            continue
+        for x in replies:
+            if isinstance(x, Exception):
+                raise x
+        return replies
+    raise AssertionError("unreachable")
 
 
 def required(settings: Settings, pool: str, requires: tuple[str, ...]) -> tuple[str, ...]:
@@ -215,18 +290,46 @@ def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
     return settings.affinity
 
 
+#: The binding (worker, node) this process last saw per session: the next call of the session
+#: reads that worker's state in the same round trip as the binding itself, and uses it only
+#: when the binding is still that one.
+_bindings: dict[str, tuple[str, str]] = {}
+MAX_BINDINGS = 10_000
+
+
+def _remember(session_id: str, binding: tuple[str, str]) -> None:
+    _bindings.pop(session_id, None)
+    _bindings[session_id] = binding
+    while len(_bindings) > MAX_BINDINGS:
+        _bindings.pop(next(iter(_bindings)), None)
+
+
+def _worker_state_into(pipe: Any, worker: str, node: str) -> None:
+    """Queue the reads a bound session's call is routed by: the node's lease, the worker's
+    snapshot and busy count, its taint, and the node's queue lengths (see _session_route)."""
+    pipe.exists(keys.node_lease(node))
+    pipe.hget(keys.node_workers(node), worker)
+    pipe.hget(keys.busy(node), worker)
+    pipe.exists(keys.taint(worker))
+    _lengths_into(pipe, keys.node_queue(node), keys.fast_node_queue(node))
+
+
+def _worker_state(r: Any, worker: str, node: str) -> list[Any]:
+    with r.pipeline(transaction=False) as pipe:
+        _worker_state_into(pipe, worker, node)
+        return list(pipe.execute())
+
+
 def _session_route(
-    r: Any, call: Call, session_id: str, worker: str, node: str
-) -> tuple[Call, str]:
-    """Route a call of a bound session according to its affinity mode."""
+    r: Any, call: Call, session_id: str, worker: str, node: str, state: list[Any]
+) -> tuple[Call, str, int]:
+    """Route a call of a bound session according to its affinity mode, from its worker's
+    ``state`` (:func:`_worker_state_into`): the call, its queue, and how many calls wait in
+    the node's queues."""
     mode = call.affinity
     pool = call.pool or ""
-    with r.pipeline(transaction=False) as pipe:
-        pipe.exists(keys.node_lease(node))
-        pipe.hget(keys.node_workers(node), worker)
-        pipe.hget(keys.busy(node), worker)
-        pipe.exists(keys.taint(worker))
-        alive, snapshot, busy_count, tainted = pipe.execute()
+    alive, snapshot, busy_count, tainted, *lengths = state
+    waiting = int(sum(lengths))
     gone = not alive or not snapshot
     info = json.loads(snapshot) if snapshot else {}
     busy = int(busy_count or 0) >= int(info.get("capacity", 1))
@@ -240,9 +343,10 @@ def _session_route(
                 details,
             )
         session_store.unbind(r, session_id)  # the next worker to run it binds it
+        _bindings.pop(session_id, None)
         telemetry.emit(("snakepit", "session", "rebound"), {}, {
             "session_id": session_id, "pool": pool, "worker_id": worker, "reason": why})
-        return call, keys.pool_queue(pool)
+        return call, keys.pool_queue(pool), waiting
     check_reentry(session_id, worker, mode or "hint", busy)  # from a host tool it waits for
     if busy and mode == "strict_fail_fast":
         raise WorkerBusy(
@@ -250,8 +354,9 @@ def _session_route(
             details,
         )
     if busy and mode == "hint":
-        return call.replace(fallback=True), keys.pool_queue(pool)  # run anywhere, keep binding
-    return call.replace(worker=worker), keys.node_queue(node)
+        # run anywhere, keep the binding
+        return call.replace(fallback=True), keys.pool_queue(pool), waiting
+    return call.replace(worker=worker), keys.node_queue(node), waiting
 
 
 def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:

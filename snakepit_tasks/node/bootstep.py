@@ -16,6 +16,7 @@ from ..telemetry import logs
 from . import console
 from .intake import install as install_intake
 from .node import Node
+from .task_events import TaskEvents
 from .worker import WorkerStartError
 
 log = logging.getLogger("snakepit_tasks.node")
@@ -103,7 +104,11 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
             sys.stderr.flush()
             os._exit(processes.EXIT_ADAPTER_UNLOADABLE)
         node.app = worker.app
-        install_intake(node.dead_letter)
+        # Fast-lane calls get the task events Celery sends for its own (Flower shows them).
+        node.fast_lane.events = TaskEvents(lambda: getattr(worker.consumer, "event_dispatcher",
+                                                           None))
+        install_intake(node.dead_letter, node.feed)
+        node.settle_previous_run(worker.app)
         self.node = node
         worker.app.snakepit_node = node
 

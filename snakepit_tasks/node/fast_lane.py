@@ -1,12 +1,15 @@
 """The fast lane, node side: take synchronous calls from Redis lists and run them.
 
-One dispatcher thread per list (the pool's, and this node's) moves a message atomically into
-the node's processing list (``BLMOVE``) and hands it to a thread pool that runs it like a
-Celery-lane call; the processing entry goes in the pipeline that pushes the reply. The pool
-list's dispatcher takes a message only while a slot is free that no taken call is about to
-use, so a busy node leaves the pool's calls to its peers. The janitor recovers the processing
-list and node list of a node that died; a stopping node puts the calls it has not started back
-at the head of their list.
+Each list (the pool's, and this node's) has a small crew of threads that take turns as its
+leader: the leader moves one message atomically into the node's processing list (``BLMOVE``),
+hands the leadership to the next thread, and runs the call itself, so a call never waits for
+a hand-off to another thread. The pool list's crew has one thread per slot and its leader
+takes a message only while a slot is free that no taken call is about to use, so a busy node
+leaves the pool's calls to its peers; the node list's crew (two threads per slot, like the
+Celery lane's thread pool) takes calls pinned to this node's workers. The processing entry
+goes in the pipeline that pushes the reply. The janitor recovers the processing list and node
+list of a node that died; a stopping node puts the calls it has not started back at the head
+of their list.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -25,6 +27,7 @@ from ..errors import SnakepitError
 from ..telemetry import tracing
 from .claim import DuplicateCopy, Redirect
 from .slots import NodeDraining
+from .task_events import TaskEvents
 
 if TYPE_CHECKING:
     from .node import Node
@@ -35,30 +38,37 @@ BLOCK_SECONDS = 1
 
 
 class FastLane:
-    """The fast-lane consumers of one node."""
+    """The fast-lane consumers of one node.
+
+    ``threads`` is how many calls of the node list may run (or wait for their pinned worker)
+    at once; the pool list runs at most one call per slot. ``events`` (set by the worker
+    bootstep) sends Celery task events for the calls, so Flower sees them.
+    """
 
     def __init__(self, node: Node, threads: int) -> None:
         self.node = node
         self.r: redis.Redis = node.redis
         self.processing = keys.fast_processing(node.name)
         self.sources = (keys.fast_pool_queue(node.pool.name), keys.fast_node_queue(node.name))
+        self.events = TaskEvents(lambda: None)
+        self._crews = (max(1, node.workers.capacity), max(1, threads))
+        self._leaders = (threading.Lock(), threading.Lock())
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Condition()
         self._pending = 0  # pool-list calls taken, not yet running
-        self._inflight = 0  # calls handed to the runner and not finished
-        self._runner = ThreadPoolExecutor(max(1, threads), thread_name_prefix="snakepit-fast")
+        self._inflight = 0  # calls taken and not finished
 
     def start(self) -> None:
         """Start consuming both lists."""
-        for source in self.sources:
-            gated = source == self.sources[0]
-            thread = threading.Thread(
-                target=self._consume, args=(source, gated), daemon=True,
-                name=f"snakepit-fast-{'pool' if gated else 'node'}",
-            )
-            thread.start()
-            self._threads.append(thread)
+        for index, source in enumerate(self.sources):
+            for n in range(self._crews[index]):
+                thread = threading.Thread(
+                    target=self._serve, args=(source, index == 0, self._leaders[index]),
+                    daemon=True, name=f"snakepit-fast-{'pool' if index == 0 else 'node'}-{n}",
+                )
+                thread.start()
+                self._threads.append(thread)
 
     def stop_taking(self) -> None:
         """Take no new calls (calls running finish)."""
@@ -76,31 +86,44 @@ class FastLane:
         return True
 
     def join(self, timeout: float = 5.0) -> None:
-        """Wait for the dispatchers to leave and the calls they handed on to end."""
+        """Wait for the consumers to leave (each finishes the call it runs)."""
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
-        self._runner.shutdown(wait=True, cancel_futures=False)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _consume(self, source: str, gated: bool) -> None:
+    def _serve(self, source: str, gated: bool, leader: threading.Lock) -> None:
         while not self._stop.is_set():
-            if gated and not self._pass_gate():
+            if not leader.acquire(timeout=BLOCK_SECONDS):
                 continue
             try:
-                raw: Any = self.r.blmove(source, self.processing, BLOCK_SECONDS, "RIGHT", "LEFT")
-            except redis.RedisError:
-                log.debug("fast lane: Redis unavailable; retrying", exc_info=True)
-                raw = None
-                self._stop.wait(BLOCK_SECONDS)
+                raw = self._take(source, gated)
+            finally:
+                leader.release()  # the next thread of the crew waits for the next call
             if raw is None:
-                self._release_gate(gated)
                 continue
             if self._stop.is_set():
-                self._put_back(source, bytes(raw))
+                self._put_back(source, raw)
                 self._release_gate(gated)
+                self._ended()
                 return
-            with self._lock:
-                self._inflight += 1
-            self._runner.submit(self._run, source, bytes(raw), gated)
+            self._run(source, raw, gated)
+
+    def _take(self, source: str, gated: bool) -> bytes | None:
+        """One message moved into the processing list, or None (nothing within a block)."""
+        if gated and not self._pass_gate():
+            return None
+        try:
+            raw: Any = self.r.blmove(source, self.processing, BLOCK_SECONDS, "RIGHT", "LEFT")
+        except redis.RedisError:
+            log.debug("fast lane: Redis unavailable; retrying", exc_info=True)
+            raw = None
+            self._stop.wait(BLOCK_SECONDS)
+        if raw is None:
+            self._release_gate(gated)
+            return None
+        with self._lock:
+            self._inflight += 1
+        return bytes(raw)
 
     def _run(self, source: str, raw: bytes, gated: bool) -> None:
         self._release_gate(gated)
@@ -109,9 +132,12 @@ class FastLane:
         except Exception:
             log.exception("fast lane: a call failed on the node")
         finally:
-            with self._lock:
-                self._inflight -= 1
-                self._lock.notify_all()
+            self._ended()
+
+    def _ended(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self._lock.notify_all()
 
     def _release_gate(self, gated: bool) -> None:
         if gated:
@@ -142,14 +168,23 @@ class FastLane:
             node.dead_letter(source, raw, f"a call for pool {call.pool!r} reached pool "
                              f"{node.pool.name!r}", call_id)
             return
+        events = self.events.active()
+        if events is not None:
+            self.events.received(events, call_id, call)
+            self.events.started(events, call_id)
+        began = time.perf_counter()
         try:
             with tracing.span(f"snakepit.node {call.command}", {
                 "snakepit.call_id": call_id, "snakepit.pool": call.pool,
                 "snakepit.node": node.name, "snakepit.lane": "fast",
             }, kind="consumer", context=tracing.extract(trace) if trace else None):
-                node.run(call, call_id, on_finish=lambda pipe: self._forget(pipe, raw))
+                result = node.run(call, call_id, on_finish=lambda pipe: self._forget(pipe, raw))
+            if events is not None:
+                self.events.succeeded(events, call_id, result, time.perf_counter() - began)
         except NodeDraining:
             self._put_back(source, raw)
+            if events is not None:
+                self.events.rejected(events, call_id)
         except Redirect as moved:
             # Lost the race to bind the session: to the bound worker (see Node.redirected).
             rerouted, target = node.redirected(call, moved)
@@ -169,8 +204,10 @@ class FastLane:
                 pipe.execute()
         except DuplicateCopy:
             self._done(raw)
-        except SnakepitError:
-            pass  # answered by Node.run, processing entry removed with the reply
+        except SnakepitError as exc:
+            # answered by Node.run, processing entry removed with the reply
+            if events is not None:
+                self.events.failed(events, call_id, exc)
 
     def _forget(self, pipe: Any, raw: bytes) -> None:
         """Queue the removal of ``raw`` from the processing list on ``pipe``."""

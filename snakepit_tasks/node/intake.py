@@ -10,20 +10,33 @@ on. It replaces the two places kombu pops from a queue (``Channel._brpop_read`` 
 and ``Channel._get`` for polling) with copies that differ only in that check;
 ``tests/integration/test_poison_messages.py`` and ``tests/integration/test_kombu_redis.py``
 pin them against the installed kombu.
+
+A node's consumer also never BRPOPs its queues (a node killed between kombu's BRPOP and its
+recording of the message as unacknowledged would lose it): it takes messages atomically from
+its staging list into its pulled list (``BLMOVE``), and kombu's unacknowledged record is
+written in the MULTI/EXEC that removes the message from the pulled list. See
+:mod:`snakepit_tasks.node.feed`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from queue import Empty
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kombu.transport import redis as redis_transport
+from kombu.transport.virtual import base
 from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
 
 from ..call import TASK_NAME
 from ..kombu_redis import UndecodableMessage, decode_message, message_id
+from .feed import source_of
+
+if TYPE_CHECKING:
+    from .feed import IntakeFeed
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -31,7 +44,9 @@ log = logging.getLogger("snakepit_tasks.node")
 PoisonHandler = Callable[[str, bytes, str, str], None]
 
 _handler: PoisonHandler | None = None
+_feed: IntakeFeed | None = None
 _installed = False
+_kombu_brpop_start: Any = redis_transport.Channel._brpop_start
 
 
 def check_entry(raw: bytes | str) -> dict[str, Any]:
@@ -65,7 +80,93 @@ def _accept(channel: Any, item: bytes, queue: str) -> dict[str, Any] | None:
         return None
 
 
+def _fed(channel: Any) -> IntakeFeed | None:
+    """This node's feed when ``channel`` consumes only the node's own queues."""
+    feed = _feed
+    if feed is None or channel.global_keyprefix:
+        return None
+    queues = set(channel.active_queues)
+    return feed if queues and queues <= set(feed.sources) else None
+
+
+def _brpop_start(self: Any, timeout: Any = None) -> None:
+    feed = _fed(self)
+    if feed is None:
+        self._snakepit_fed = None
+        _kombu_brpop_start(self, timeout)
+        return None
+    if timeout is None:
+        timeout = self.brpop_timeout
+    if not self._queue_cycle.consume(len(self.active_queues)):
+        return None
+    self._in_poll = self.client.connection
+    self._brpop_sent_at = time.monotonic()
+    self._snakepit_fed = feed
+    feed.wanted.set()
+    self.client.connection.send_command(
+        "BLMOVE", feed.staging, feed.pulled, "RIGHT", "LEFT", timeout or 0)
+    return None
+
+
+def _fed_read(self: Any, feed: IntakeFeed, **options: Any) -> bool:
+    try:
+        item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+    except self.connection_errors:
+        self.client.connection.disconnect()
+        raise
+    finally:
+        feed.wanted.clear()
+    if item is None:
+        raise Empty()
+    item = bytes(item)
+    dest = source_of(item, feed.pool_queue)
+    if dest not in self.connection._callbacks:
+        dest = feed.pool_queue
+    self._queue_cycle.rotate(dest)
+    message = _accept(self, item, dest)
+    if message is None:
+        feed.r.lrem(feed.pulled, 1, item)  # type: ignore[arg-type]
+        return True
+    self._snakepit_pulled = (feed.pulled, item)
+    try:
+        self.connection._deliver(message, dest)
+    finally:
+        self._snakepit_pulled = None
+    return True
+
+
+def _append(self: Any, message: Any, delivery_tag: Any) -> None:
+    """kombu's QoS.append; for a message from the node's pulled list, the unacknowledged
+    record and its removal from that list in one MULTI/EXEC."""
+    pulled = getattr(self.channel, "_snakepit_pulled", None)
+    if pulled is None:
+        _kombu_append(self, message, delivery_tag)
+        return
+    key, raw = pulled
+    delivery = message.delivery_info
+    with self.pipe_or_acquire() as pipe:
+        pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+        pipe.hset(self.unacked_key, delivery_tag,
+                  dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+        pipe.lrem(key, 1, raw)
+        pipe.execute()
+        base.QoS.append(self, message, delivery_tag)
+
+
+_kombu_append: Any = redis_transport.QoS.append
+
+
 def _brpop_read(self: Any, **options: Any) -> bool:
+    feed = getattr(self, "_snakepit_fed", None)
+    if feed is not None:
+        self._snakepit_fed = None
+        try:
+            return _fed_read(self, feed, **options)
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
     try:
         try:
             dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
@@ -103,13 +204,19 @@ def _get(self: Any, queue: str) -> dict[str, Any]:
         raise Empty()
 
 
-def install(on_poison: PoisonHandler) -> None:
+def install(on_poison: PoisonHandler, feed: IntakeFeed | None = None) -> None:
     """Guard this process's kombu Redis channels (nodes only); ``on_poison`` is told about
-    each refused entry."""
-    global _handler, _installed
+    each refused entry. With ``feed``, channels that consume only the node's queues take
+    their messages from it (see :mod:`snakepit_tasks.node.feed`)."""
+    global _handler, _feed, _installed
     _handler = on_poison
+    _feed = feed
+    if feed is not None:
+        feed.check = lambda queue, raw: _accept(None, raw, queue) is not None
     if _installed:
         return
+    redis_transport.Channel._brpop_start = _brpop_start  # type: ignore[method-assign]
     redis_transport.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
     redis_transport.Channel._get = _get  # type: ignore[method-assign]
+    redis_transport.QoS.append = _append  # type: ignore[method-assign]
     _installed = True

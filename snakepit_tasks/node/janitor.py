@@ -25,6 +25,7 @@ from ..errors import SessionWorkerUnavailable, SnakepitError, WorkerCrashed
 from ..kombu_redis import UndecodableMessage
 from ..streaming import entries
 from .fast_lane import call_of as fast_call_of
+from .feed import settle as settle_intake
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -128,9 +129,12 @@ class Janitor:
                 telemetry.emit(("snakepit", "janitor", "node_dead"), {},
                                {"pool": self.pool, "node": name, "janitor": self.node.name})
                 self._forget_workers(name)
-            backlog[name] = self._drain(name) + self._drain_fast(name)
+            taken = settle_intake(self.r, self.pool, name)  # back to its queues first
+            backlog[name] = taken + self._drain(name) + self._drain_fast(name)
         if dead:
-            self._recover_unacked(set(dead), max(watched[n] for n in dead))
+            seen_dead_at = max(watched[n] for n in dead)
+            lease_s = self.node.settings.node_lease_ttl_ms / 1000
+            self._recover_unacked(set(dead), min(seen_dead_at, time.time() - lease_s))
         for name, since in watched.items():
             if name in dead and now - since > self.node.settings.visibility_timeout + 60:
                 self._forget_sessions(name)
@@ -156,21 +160,37 @@ class Janitor:
                 self._handle(bytes(raw), started=False)
         return count
 
-    def _recover_unacked(self, dead: set[str], seen_dead_at: float) -> None:
-        """Messages a dead node had taken but not acknowledged: decide now rather than when
-        Redis restores them after visibility_timeout.
+    def settle_previous_run(self) -> None:
+        """Run by a node before it consumes anything: settle what an earlier run under the
+        same name left behind (the pool's janitor never sees a node dead that came back
+        before its lease expired). Messages it had taken but not started go back to their
+        queues; calls it had started or finished are handled as a dead node's; its fast-lane
+        calls in progress likewise (those pinned to it wait for it in its queue)."""
+        me, started = self.node.name, self.node.started_at
+        settle_intake(self.r, self.pool, me)
+        processing = keys.fast_processing(me)
+        while (raw := self.r.rpop(processing)) is not None:
+            self._handle_fast(bytes(raw), taken=True)  # type: ignore[arg-type]
+        self._recover_unacked({me}, started, delivered_before=started)
 
-        A message with no call state at all was pulled from a queue by a node that died before
-        it marked the call (a live node marks or starts a call moments after it receives it):
-        one from this pool's queues, delivered before the latest death was seen and longer
-        ago than a lease lasts, is re-routed too. Should a live node hold it after all,
-        start_call.lua still lets only one of the two copies start."""
+    def _recover_unacked(
+        self, dead: set[str], stale_before: float, *, delivered_before: float | None = None
+    ) -> None:
+        """Messages a dead node had taken but not acknowledged: decide now rather than when
+        Redis restores them after visibility_timeout (only those delivered before
+        ``delivered_before`` when given: a node's previous run).
+
+        A message with no call state at all was received by a node that died before it
+        marked the call (a live node marks or starts a call moments after it receives it):
+        one from this pool's queues, delivered before ``stale_before`` (the latest death seen,
+        and longer ago than a lease lasts), is re-routed too. Should a live node hold it after
+        all, start_call.lua still lets only one of the two copies start."""
         index: Any = self.r.zrange(kombu_redis.UNACKED_INDEX, 0, -1, withscores=True)
         delivered: dict[Any, float] = dict(index)
-        lease_s = self.node.settings.node_lease_ttl_ms / 1000
-        stale_before = min(seen_dead_at, time.time() - lease_s)
         queues = {keys.pool_queue(self.pool), *(keys.node_queue(n) for n in dead)}
         for tag, entry in self.r.hgetall(kombu_redis.UNACKED).items():
+            if delivered_before is not None and delivered.get(tag, 0.0) >= delivered_before:
+                continue
             try:
                 raw = kombu_redis.unacked_message(entry)
                 message, kwargs = kombu_redis.decode_message(raw)

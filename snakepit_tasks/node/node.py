@@ -39,6 +39,7 @@ from ..zero_copy.host import host_id
 from . import lease
 from .claim import Claims, DuplicateCopy, Redirect
 from .fast_lane import FastLane
+from .feed import IntakeFeed, settle
 from .host_tools import HostToolsServer
 from .janitor import Janitor
 from .worker import AdapterWorker
@@ -97,6 +98,7 @@ class Node:
         self.workers.on_change = self.lease.changed  # status sees calls within moments
         self.claims = Claims(self.redis, settings, pool, name, self.workers)
         self.fast_lane = FastLane(self, threads=2 * self.workers.capacity)
+        self.feed = IntakeFeed(self.redis, pool.name, name)
         self._shutdown_timer: threading.Timer | None = None
         self.janitor: Any = None
         self.app: Any = None  # the Celery app, once the node runs inside one
@@ -136,6 +138,16 @@ class Node:
             (time.monotonic() - started) * 1000,
         )
 
+    def settle_previous_run(self, app: Any) -> None:
+        """Before this node consumes anything: settle what a previous run under the same name
+        left (calls it had taken or started), then start feeding the Celery-lane consumer."""
+        try:
+            Janitor(self, app).settle_previous_run()
+        except Exception:
+            log.warning("node %s: could not settle its previous run's calls", self.name,
+                        exc_info=True)
+        self.feed.start()
+
     def publish(self, app: Any = None) -> None:
         """Advertise this node in Redis and keep the lease fresh until :meth:`stop`; with the
         Celery ``app``, also take a turn at cleaning up after dead nodes of the pool."""
@@ -150,6 +162,7 @@ class Node:
         """Celery is shutting down: calls not started go back to their queues; calls in
         flight get the grace period, then their workers are killed."""
         self.fast_lane.stop_taking()
+        self.feed.stop_feeding()
         self.workers.drain()
         grace = self.settings.graceful_shutdown_timeout_ms / 1000
         self._shutdown_timer = threading.Timer(grace, self.workers.kill_all)
@@ -165,6 +178,12 @@ class Node:
         self.fast_lane.wait_idle(self.settings.graceful_shutdown_timeout_ms / 1000)
         if self.janitor is not None:
             self.janitor.stop()
+        self.feed.stop()
+        try:  # what the feeders took and the consumer did not: back to its queues
+            settle(self.redis, self.pool.name, self.name)
+        except Exception:
+            log.warning("node %s: could not put back the calls it had taken", self.name,
+                        exc_info=True)
         self.lease.stop()
         self.workers.stop()
         self.fast_lane.join()

@@ -143,19 +143,23 @@ class CircuitBreaker:
         return f"CircuitBreaker({self.label!r})"
 
     # -- the script ------------------------------------------------------------------------
+    @property
+    def keys(self) -> list[str]:
+        """The script's KEYS (state hash, trial slots)."""
+        return self._keys
+
+    def argv(self, op: str, token: str = "") -> list[Any]:
+        """The script's ARGV for ``op`` (for callers that run it in their own round trip)."""
+        return [op, self.failure_threshold, self.reset_timeout_ms, self.half_open_max_calls,
+                token, self._ttl_ms]
+
     def _run(self, op: str, token: str = "") -> list[Any]:
         script = lua.script(self.redis, "circuit_breaker")
-        reply: list[Any] = script(
-            keys=self._keys,
-            args=[
-                op,
-                self.failure_threshold,
-                self.reset_timeout_ms,
-                self.half_open_max_calls,
-                token,
-                self._ttl_ms,
-            ],
-        )
+        reply: list[Any] = script(keys=self._keys, args=self.argv(op, token))
+        return self.seen(reply)
+
+    def seen(self, reply: list[Any]) -> list[Any]:
+        """Take note of a reply of the script (a transition is logged and emitted)."""
         before, after = text(reply[0]), text(reply[1])
         if before != after:
             self._log_transition(before, after, int(reply[4]))
@@ -203,6 +207,11 @@ class CircuitBreaker:
         reply = self._safely("admit")
         if reply is None:
             return "", 0
+        return self.verdict(reply)
+
+    def verdict(self, reply: list[Any]) -> tuple[str, int]:
+        """What an ``admit`` (or ``check``) reply says: raise CircuitOpen when rejected, else
+        the trial token ('' when not a trial) and the consecutive failures seen."""
         verdict = text(reply[2])
         if verdict == "":
             raise self._open_error(reply)
@@ -326,6 +335,38 @@ class CircuitBreaker:
             "opened_at_ms": number("opened_at") or None,
             "last_failure_at_ms": number("last_failure_at") or None,
         }
+
+
+class Admission:
+    """One call's pass through a breaker, run inside another round trip (routing's pipeline,
+    or the fast lane's send script) instead of a round trip of its own.
+
+    ``op`` is ``"admit"`` (a call whose outcome is recorded: :meth:`record`) or ``"check"``
+    (fire-and-forget: rejected only while open, takes no trial slot, records nothing).
+    """
+
+    def __init__(self, breaker: CircuitBreaker, op: str = "admit") -> None:
+        self.breaker = breaker
+        self.op = op
+        self.admitted = False
+        self.token = ""
+        self.failures = 0
+
+    def settle(self, reply: list[Any]) -> None:
+        """Take the script's reply: raise CircuitOpen when it rejected the call."""
+        self.breaker.seen(reply)
+        token, failures = self.breaker.verdict(reply)
+        if self.op == "admit":
+            self.admitted, self.token, self.failures = True, token, failures
+
+    def record(self, exc: BaseException | None) -> None:
+        """Record the admitted call's outcome (``None``: success). A success is sent only when
+        it changes something (a trial token, failures to reset): no round trip otherwise."""
+        if not self.admitted:
+            return
+        self.admitted = False
+        if exc is not None or self.token or self.failures:
+            self.breaker.record(exc, self.token)
 
 
 def _positive(arg: str, value: int | None, settings: Settings, setting: str) -> int:

@@ -11,13 +11,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import SerializationError
-from . import arrow
+from . import arrow, heap
 from .handle import Handle
 
 log = logging.getLogger("snakepit_tasks.zero_copy")
 
-#: Rows per Flight message are chosen so one message carries about this many bytes.
-MESSAGE_BYTES = 32 * 1024 * 1024
+#: Rows per Flight message are chosen so one message carries about this many bytes. A few
+#: MiB: the reader receives each message into a block of its heap, kept warm for the next
+#: fetch (see :mod:`.heap`); a block of 32 MiB or more would be a fresh mapping each time.
+MESSAGE_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 
 #: ``lookup(handle_id)`` -> ``(pyarrow Table, done)`` or None; ``done()`` runs after the stream.
@@ -92,6 +94,7 @@ def fetch(handle: Handle) -> Any:
     """The Arrow table of ``handle``, streamed from its Flight server (a copy in this
     process). SerializationError when the server cannot be reached or has let it go."""
     flight = arrow.flight()
+    heap.retain_for(handle.size)
     try:
         client = flight.connect(handle.flight)
         try:

@@ -8,12 +8,18 @@ call state it would have left). The janitor on A takes over the ghost's messages
 was only pulled must be re-routed and run once; a call that had its outcome must keep it: no
 second direct reply, no failure over a stored SUCCESS, and for a stream whose result never
 reached the backend, the stream's own final result stored there.
+
+Also staged: messages a dead node's intake had taken into its own lists (never reached
+Celery) run once; a node restarted under its own name settles what its killed previous run
+held (taken: run; started, not idempotent: WorkerCrashed, not run again).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +30,7 @@ import pytest
 from helpers import RECORDING, WHOAMI_ENV, NodeHandle, pool_table, unique_pool, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import connections, keys, kombu_redis
+from snakepit_tasks import connections, errors, keys, kombu_redis
 
 from .test_chaos_support import chaos_nodes, redis_of, start_serving
 
@@ -90,9 +96,6 @@ def state_of(r: Any, call_id: str) -> str:
     return connections.text(raw) if raw is not None else ""
 
 
-@pytest.mark.xfail(
-    reason="issue 9 open: under load a call can end PENDING in the backend or be lost to a "
-    "QueueTimeout after a node kill (seen 1 run in 3)", strict=False)
 def test_calls_whose_node_died_after_their_outcome_keep_that_one_outcome(
     chaos_node: Any, make_app: Any, tmp_path: Path
 ) -> None:
@@ -200,3 +203,91 @@ def test_a_message_a_node_pulled_but_died_before_marking_is_re_routed(
     finally:
         release.touch()
         ghost.forget()
+
+
+def test_messages_a_dead_node_had_taken_into_its_intake_lists_run_once(
+    chaos_node: Any, make_app: Any, tmp_path: Path
+) -> None:
+    pool = unique_pool("ld")
+    fields = {"adapter": RECORDING, "adapter_env": WHOAMI_ENV}
+    app = make_app(pool_table(pool, **fields), pool_queue_timeout=60_000)
+    a = start_serving(chaos_node, app, 1, pool=pool, env={"SNAKEPIT_POOL_QUEUE_TIMEOUT": "60000"},
+                      **fields)
+    r = redis_of(a)
+    log, release = tmp_path / "runs.txt", tmp_path / "release"
+    queue = keys.pool_queue(pool)
+
+    # A busy, so the next calls stay in the pool queue until the ghost "takes" them.
+    hold = sp.execute_async("hold", {"flag": str(release)}, timeout=60, app=app)
+    waiting = sp.execute_async("record", {"runs": str(log), "value": "waiting"}, timeout=60,
+                               app=app)
+    wait_until(lambda: state_of(r, waiting.id) == f"taken:{a.name}", timeout=30,
+               message="A's second thread waiting with a call")
+    ghost = Ghost(a)
+    lists = [keys.intake_feeding(ghost.name, queue), keys.intake_staging(ghost.name),
+             keys.intake_pulled(ghost.name)]
+    sent = []
+    try:
+        for i, key in enumerate(lists):
+            call = sp.execute_async("record", {"runs": str(log), "value": f"taken-{i}"},
+                                    timeout=60, app=app)
+            wait_until(lambda key=key: r.lmove(queue, key, "RIGHT", "LEFT"), timeout=30,
+                       message="the call in the pool queue")
+            sent.append(call)
+        ghost.dies()
+        wait_until(lambda: not any(r.exists(k) for k in lists), timeout=30,
+                   message="the janitor taking over the ghost's intake lists")
+        release.touch()
+        assert hold.get(timeout=30)["released"] is True
+        assert waiting.get(timeout=30)["value"] == "waiting"
+        for i, call in enumerate(sent):
+            result = call.get(timeout=30)
+            assert result["call_id"] == call.id and result["value"] == f"taken-{i}"
+        runs = [line.split()[0] for line in log.read_text().splitlines()]
+        assert sorted(runs) == sorted([waiting.id, *(c.id for c in sent)])  # once each
+    finally:
+        release.touch()
+        ghost.forget()
+
+
+def test_a_node_restarted_under_its_own_name_settles_its_previous_runs_calls(
+    chaos_node: Any, make_app: Any, tmp_path: Path
+) -> None:
+    """The pool's janitor never sees such a node dead (its lease may not even lapse): the
+    node itself puts back what its previous run had taken but not started, and fails (once)
+    the call that run had started, before it consumes anything."""
+    pool = unique_pool("ld")
+    fields = {"adapter": RECORDING, "adapter_env": WHOAMI_ENV}
+    env = {"SNAKEPIT_POOL_QUEUE_TIMEOUT": "60000"}
+    app = make_app(pool_table(pool, **fields), pool_queue_timeout=60_000)
+    name = f"{pool}-a@itest"
+    a = start_serving(chaos_node, app, 1, pool=pool, name=name, env=env, **fields)
+    r = redis_of(a)
+    log = tmp_path / "runs.txt"
+    queue = keys.pool_queue(pool)
+    os.kill(a.pid, signal.SIGKILL)
+    a.proc.wait(10)
+
+    # What the killed run held: one message in its pulled list (taken, never reached Celery),
+    # one delivered and started (kombu's unacked hash, call state started:<node>).
+    taken = sp.execute_async("record", {"runs": str(log), "value": "taken"}, timeout=60,
+                             app=app)
+    wait_until(lambda: r.lmove(queue, keys.intake_pulled(name), "RIGHT", "LEFT"), timeout=30,
+               message="the taken call in the pool queue")
+    started = sp.execute_async("record", {"runs": str(log), "value": "started"}, timeout=60,
+                               app=app)
+    raw = wait_until(lambda: r.rpop(queue), timeout=30, message="the started call queued")
+    delivery = b"previous-run-" + started.id.encode()
+    r.hset(kombu_redis.UNACKED, delivery, json.dumps([json.loads(raw), keys.EXCHANGE, queue]))
+    r.zadd(kombu_redis.UNACKED_INDEX, {delivery: time.time() - 30})
+    r.set(keys.call_state(started.id), f"started:{name}", px=120_000)
+
+    start_serving(chaos_node, app, 1, pool=pool, name=name, env=env, **fields)
+    result = taken.get(timeout=30)
+    assert result["call_id"] == taken.id and result["value"] == "taken"
+    with pytest.raises(errors.WorkerCrashed):
+        started.get(timeout=30)
+    assert not r.hexists(kombu_redis.UNACKED, delivery)
+    assert not r.exists(keys.intake_pulled(name))
+    runs = [line.split()[0] for line in log.read_text().splitlines()]
+    assert runs == [taken.id]  # the started call is not run again (not idempotent)

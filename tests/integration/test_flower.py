@@ -10,7 +10,7 @@ import pytest
 from browser import basic_auth, chrome, http_get, page_text, screenshot, wait_http
 from helpers import REPO, cli_command, subprocess_env, terminate, wait_until
 
-from snakepit_tasks import caller, keys
+from snakepit_tasks import caller, keys, telemetry
 from snakepit_tasks.embedded_redis import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -86,6 +86,25 @@ def test_flower_shows_nodes_queues_and_calls_by_tool_name(node, redis_url, pids,
         assert "'a': 2" in task["kwargs"] and handle.pool in task["kwargs"]
         assert "deadline" not in task["kwargs"]
         assert task["runtime"] is not None and task["runtime"] >= 0
+
+        # A synchronous call takes the fast lane: the node sends its task events itself.
+        sent: list[str] = []
+        telemetry.attach("flower-test", ("snakepit", "call", "sent"),
+                         lambda event, m, md: sent.append(md["call_id"]))
+        try:
+            assert caller.execute("add", {"a": 1, "b": 2}, pool=handle.pool,
+                                  app=handle.app) == 3
+        finally:
+            telemetry.detach("flower-test")
+        assert handle.app.snakepit_settings.fast_lane and sent
+
+        def fast_finished() -> dict[str, object] | None:
+            found = api(base, "/api/tasks").get(sent[0])  # type: ignore[union-attr]
+            return found if found and found.get("state") == "SUCCESS" else None
+
+        fast = wait_until(fast_finished, timeout=60, message="the fast-lane call, in Flower")
+        assert fast["name"] == "add" and fast["worker"] == handle.name
+        assert fast["result"] == "3" and fast["runtime"] >= 0
 
         with chrome(pids, headers=AUTH) as driver:
             driver.get(base + "/workers")

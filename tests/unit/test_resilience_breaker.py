@@ -131,3 +131,42 @@ def test_fails_open_when_redis_is_unreachable(
     assert "cannot reach Redis" in caplog.text
     with pytest.raises(redis.ConnectionError):
         b.state  # noqa: B018 - inspection does report the outage
+
+
+# -- Admission: the breaker's admit run inside another round trip --------------------------
+
+
+def test_an_admission_takes_the_scripts_verdict(unreachable: redis.Redis) -> None:
+    from snakepit_tasks.resilience.circuit_breaker import Admission
+
+    b = CircuitBreaker("p", redis=unreachable)
+    assert b.argv("admit")[0] == "admit" and b.keys == [keys.circuit("p"),
+                                                        keys.circuit_trials("p")]
+    closed = Admission(b)
+    closed.settle([b"closed", b"closed", b"0", 0, 2, 0])
+    assert (closed.admitted, closed.token, closed.failures) == (True, "", 2)
+    trial = Admission(b)
+    trial.settle([b"half_open", b"half_open", b"7", 0, 0, 1])
+    assert (trial.admitted, trial.token) == (True, "7")
+    refused = Admission(b)
+    with pytest.raises(errors.CircuitOpen, match="open after"):
+        refused.settle([b"open", b"open", b"", 1500, 5, 0])
+    assert not refused.admitted
+    refused.record(errors.WorkerCrashed("x"))  # nothing to record: it never went through
+    checked = Admission(b, "check")
+    checked.settle([b"closed", b"closed", b"0", 0, 3, 0])
+    assert not checked.admitted  # a check takes no slot and records no outcome
+
+
+def test_a_quiet_success_needs_no_round_trip(unreachable: redis.Redis, caplog) -> None:
+    from snakepit_tasks.resilience.circuit_breaker import Admission
+
+    admission = Admission(CircuitBreaker("p", redis=unreachable))
+    admission.settle([b"closed", b"closed", b"0", 0, 0, 0])
+    with caplog.at_level(logging.WARNING, logger="snakepit_tasks.resilience"):
+        admission.record(None)  # closed, no failures to reset: nothing sent
+        assert not caplog.records
+        again = Admission(admission.breaker)
+        again.settle([b"closed", b"closed", b"0", 0, 1, 0])
+        again.record(None)  # a failure to reset: sent (and Redis is unreachable here)
+    assert any("cannot reach Redis" in r.getMessage() for r in caplog.records)

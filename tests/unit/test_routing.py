@@ -366,3 +366,27 @@ def test_a_pools_requirement_applies_to_its_calls(r: fakeredis.FakeRedis) -> Non
     r.delete(keys.pool_alive("g"))
     with pytest.raises(NoWorkersAvailable, match="it requires cuda"):
         routing.prepare(settings, ("ping", {}), {"pool": "g"})
+
+
+def test_a_changed_binding_is_routed_by_its_own_state(
+    settings: Settings, r: fakeredis.FakeRedis
+) -> None:
+    """The worker state read along with the binding (the binding seen last time) is used only
+    while the binding is still that one."""
+    bind_session(r)
+    assert route(settings).queue.name == keys.node_queue(NODE)
+    assert route(settings).queue.name == keys.node_queue(NODE)  # read in one round trip now
+    other_node, other_worker = "a@host2", "a@host2/0"
+    r.hset(keys.session("s1"), mapping={"worker": other_worker, "node": other_node})
+    r.hset(keys.node_lease(other_node), mapping={"pool": "a"})
+    r.hset(keys.node_workers(other_node), other_worker, json.dumps({"id": other_worker,
+                                                                   "capacity": 1}))
+    r.hset(keys.busy(other_node), other_worker, 1)  # busy there, idle on the old worker
+    call = route(settings)
+    assert call.queue.name == keys.pool_queue("a") and call.kwargs["fallback"] is True
+    r.hdel(keys.busy(other_node), other_worker)
+    call = route(settings)
+    assert call.queue.name == keys.node_queue(other_node)
+    assert call.kwargs["worker"] == other_worker
+    r.delete(keys.session("s1"))
+    assert route(settings).queue.name == keys.pool_queue("a")  # unbound: the pool's queue

@@ -6,6 +6,7 @@ and Arrow Flight), all without a node."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from snakepit_tasks import serialization, zero_copy
 from snakepit_tasks.errors import ConfigurationError, SerializationError
-from snakepit_tasks.zero_copy import Handle, Options, arena, ipc, process
+from snakepit_tasks.zero_copy import Handle, Options, arena, heap, ipc, process
 from snakepit_tasks.zero_copy.arena import Arena
 
 MIB = 2**20
@@ -233,3 +234,47 @@ def arena_pid() -> int:
 
 def test_arena_module_says_whether_the_platform_is_supported() -> None:
     assert arena.supported()
+
+
+HEAP_READER = r"""
+import ctypes, json, resource, sys
+from snakepit_tasks.zero_copy import heap
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+BLOCK, COUNT = 4 * 2**20, 32  # 128 MiB in blocks the size of Flight messages
+
+def one_round():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [libc.malloc(BLOCK) for _ in range(COUNT)]
+    for block in blocks:
+        ctypes.memset(block, 1, BLOCK)
+    for block in blocks:
+        libc.free(block)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+one_round()
+plain = one_round()
+allowed = heap.retain_for(BLOCK * COUNT)
+again = heap.retain_for(BLOCK)
+one_round()
+print(json.dumps({"plain": plain, "warm": one_round(), "allowed": allowed, "again": again}))
+"""
+
+
+def test_a_flight_reader_keeps_its_heap_warm_for_the_next_fetch() -> None:
+    done = subprocess.run([sys.executable, "-c", HEAP_READER], capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    got = json.loads(done.stdout)
+    pages = 128 * MIB // 4096
+    if platform.libc_ver()[0] != "glibc":
+        assert got["allowed"] == got["again"] == 0, "only glibc's malloc is tuned"
+        return
+    assert got["allowed"] == 128 * MIB + heap.SLACK_BYTES
+    assert got["again"] == got["allowed"], "a smaller fetch never lowers what is kept"
+    # Freed blocks stay mapped for the next fetch: next to no page is faulted in again
+    # (without it, glibc gave the memory back and every page faulted anew).
+    assert got["warm"] < pages // 10, got
