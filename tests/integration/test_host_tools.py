@@ -198,7 +198,10 @@ def test_the_calls_own_deadline_bounds_the_wait(node: Any) -> None:
             sp.execute_in_session(sid, "call_host", {"name": "slow"}, pool=n.pool, timeout=3)
     finally:
         release.set()
-    assert "deadline" in str(caught.value)
+    if isinstance(caught.value, errors.AdapterError):
+        assert "deadline" in str(caught.value)
+    else:  # the node's deadline came first (a loaded machine): the call's own timeout error
+        assert "timeout of 3 s" in str(caught.value)
     # The pool serves again (the worker that timed out is replaced).
     sp.register_host_tool(sid, "fast", lambda: "ok")
     wait_until(lambda: sp.execute_in_session(sid, "call_host", {"name": "fast"}, pool=n.pool),
