@@ -154,7 +154,9 @@ def test_detect_is_cached_and_refresh_probes_again() -> None:
     first = hardware.detect()
     assert hardware.detect() is first
     again = hardware.refresh()
-    assert again is not first and again == first
+    # A new probe of the same host (available memory is a snapshot, so it may differ).
+    assert again is not first
+    assert (again.cpu, again.memory.total_mb) == (first.cpu, first.memory.total_mb)
     assert hardware.detect() is again
     assert hardware.detect(refresh=True) is not again
 
