@@ -417,7 +417,7 @@ class Node:
         reruns = 0
         while True:
             try:
-                return self.workers.execute_on(held[0], command, args, **call)
+                return self.workers.calls.execute(held[0], command, args, **call)
             except WorkerGone:
                 self._switch(held, call["deadline"])
             except WorkerCrashed:
@@ -437,7 +437,7 @@ class Node:
         reached it hands the call on (chunks already sent cannot be taken back)."""
         while True:
             try:
-                return self.workers.stream_on(held[0], command, args, **call)
+                return self.workers.calls.stream(held[0], command, args, **call)
             except WorkerGone:
                 self._switch(held, call["deadline"])
 

@@ -100,7 +100,8 @@ class WorkerSet:
             settings, node_name, self.workers, self._cond,
             recycle=lambda w: self._restarts.put((w, "recycle")),
         )
-        self._calls = WorkerCalls(
+        #: Runs calls on a worker whose slot was taken with :meth:`acquire` (see .rpc).
+        self.calls = WorkerCalls(
             settings.stream_max_chunk_bytes, self._slots.mark_dead, lambda: self._stopping,
             max_result_bytes=settings.max_result_bytes, relay=relay,
         )
@@ -348,41 +349,3 @@ class WorkerSet:
     def wait_for_free_slot(self, timeout: float, reserved: Callable[[], int] = lambda: 0) -> bool:
         """Wait until more slots are free than ``reserved()`` (see Slots.wait_for_free)."""
         return self._slots.wait_for_free(timeout, reserved)
-
-    # -- the hand-off (see .rpc) ---------------------------------------------------------
-    def execute_on(
-        self,
-        worker: AdapterWorker,
-        command: str,
-        args: Any,
-        *,
-        deadline: float,
-        call_id: str = "",
-        session_id: str = "",
-        timeout: float | None = None,
-    ) -> Any:
-        """Run ``command`` on ``worker`` (a slot taken with :meth:`acquire`); its result."""
-        return self._calls.execute(
-            worker, command, args, deadline=deadline, call_id=call_id, session_id=session_id,
-            timeout=timeout,
-        )
-
-    def stream_on(
-        self,
-        worker: AdapterWorker,
-        command: str,
-        args: Any,
-        *,
-        deadline: float,
-        on_chunk: Callable[[int, bytes], None],
-        cancelled: threading.Event,
-        call_id: str = "",
-        session_id: str = "",
-        timeout: float | None = None,
-    ) -> Any:
-        """Run a streaming tool on ``worker``; hand each chunk to ``on_chunk``; return the
-        final result. Stops the tool (and frees the worker) once ``cancelled`` is set."""
-        return self._calls.stream(
-            worker, command, args, deadline=deadline, on_chunk=on_chunk, cancelled=cancelled,
-            call_id=call_id, session_id=session_id, timeout=timeout,
-        )

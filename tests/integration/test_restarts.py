@@ -51,7 +51,7 @@ def crash(ws: WorkerSet, pids: Any) -> int:
         assert slot.pid is not None
         pids.record(slot.pid)
         try:
-            ws.execute_on(slot, "crash", {"code": 1}, deadline=time.time() + 30)
+            ws.calls.execute(slot, "crash", {"code": 1}, deadline=time.time() + 30)
         except WorkerGone:
             time.sleep(0.05)
             continue
@@ -82,7 +82,7 @@ def test_a_worker_crashing_over_and_over_is_restarted_after_a_pause(
     slot = workerset.acquire(time.time() + 60)  # blocks until the paused restart is done
     waited = time.monotonic() - crashed_at
     try:
-        pong = workerset.execute_on(slot, "ping", {}, deadline=time.time() + 30)
+        pong = workerset.calls.execute(slot, "ping", {}, deadline=time.time() + 30)
     finally:
         workerset.release(slot)
     assert slot.pid is not None

@@ -42,7 +42,7 @@ def workerset(redis_url: str, pids: Any) -> Iterator[Any]:
 def _run(ws: Any, command: str, args: dict[str, Any], seconds: float) -> Any:
     slot = ws.acquire(time.time() + 30)
     try:
-        return ws.execute_on(slot, command, args, deadline=time.time() + seconds)
+        return ws.calls.execute(slot, command, args, deadline=time.time() + seconds)
     finally:
         ws.release(slot)
 
