@@ -18,9 +18,11 @@ PING = "bench.raw.ping"
 DEFAULT_QUEUE = "bench.raw"
 
 
-def create_app(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
-    """A Celery app on ``redis_url`` whose tasks go to ``queue`` (broker and backend alike)."""
-    app = Celery("bench_raw", broker=redis_url, backend=redis_url, set_as_current=False)
+def plain_app(name: str, redis_url: str, queue: str, **conf: Any) -> Celery:
+    """A Celery app on ``redis_url`` whose tasks go to ``queue`` (broker and backend alike),
+    with snakepit's delivery settings (JSON messages, late ack, prefetch 1, threads pool);
+    ``conf`` overrides them."""
+    app = Celery(name, broker=redis_url, backend=redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -46,6 +48,13 @@ def create_app(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    app.conf.update(conf)
+    return app
+
+
+def create_app(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
+    """The raw Celery app of the bench: one ``ping`` task."""
+    app = plain_app("bench_raw", redis_url, queue)
 
     @app.task(name=PING, acks_late=True, shared=False)
     def ping() -> dict[str, Any]:

@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+
+from .raw_celery_app import plain_app
 
 TABLE = "bench.zc.table"
 DEFAULT_QUEUE = "bench.zc"
@@ -17,29 +18,10 @@ _cached: dict[float, Any] = {}
 
 def create_app(redis_url: str, queue: str = DEFAULT_QUEUE) -> Celery:
     """A Celery app on ``redis_url`` that pickles results (tables) through its backend."""
-    app = Celery("bench_zc", broker=redis_url, backend=redis_url, set_as_current=False)
-    app.conf.update(
-        # Messages stay JSON (a worker accepting pickle refuses to run as root); the result,
-        # the table, is pickled through the Redis backend.
-        task_serializer="json",
-        result_serializer="pickle",
-        accept_content=["json"],
-        result_accept_content=["pickle"],
-        task_acks_late=True,
-        worker_prefetch_multiplier=1,
-        worker_disable_prefetch=True,
-        broker_connection_retry_on_startup=True,
-        task_default_exchange=queue,
-        task_default_exchange_type="direct",
-        task_default_queue=queue,
-        task_default_routing_key=queue,
-        task_queues=[Queue(queue, Exchange(queue, type="direct", durable=True), routing_key=queue)],
-        worker_pool="threads",
-        worker_concurrency=1,
-        result_expires=600,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-    )
+    # Messages stay JSON (a worker accepting pickle refuses to run as root); the result, the
+    # table, is pickled through the Redis backend.
+    app = plain_app("bench_zc", redis_url, queue, result_serializer="pickle",
+                    result_accept_content=["pickle"], worker_concurrency=1, result_expires=600)
 
     @app.task(name=TABLE, acks_late=True, shared=False)
     def table(mib: float) -> Any:
