@@ -62,7 +62,7 @@ class ExecuteTask(Task):
         with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
             route = routing.prepare(settings, args, kwargs, admission)
             options.setdefault("queue", route.queue)
-            options.setdefault("kwargsrepr", _preview(route.call))
+            options.setdefault("kwargsrepr", call_preview(route.call))
             try:
                 result = super().apply_async((), route.call.to_kwargs(), **options)
             except EncodeError as exc:
@@ -76,7 +76,7 @@ class ExecuteTask(Task):
         return result
 
 
-def _preview(call: Call) -> str:
+def call_preview(call: Call) -> str:
     """What task events carry as the call's arguments: the tool's arguments and where it
     goes, truncated, with recognizable secrets redacted."""
     shown: dict[str, Any] = {}

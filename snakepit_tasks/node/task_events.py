@@ -22,7 +22,7 @@ from typing import Any
 from celery.utils.saferepr import saferepr
 
 from ..call import Call
-from ..execute_task import _preview
+from ..execute_task import call_preview
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -56,7 +56,7 @@ class TaskEvents:
     def received(self, dispatcher: Any, call_id: str, call: Call) -> None:
         """``task-received``: the node took the call from its list."""
         _send(dispatcher, "task-received", uuid=call_id, name=call.command, args="()",
-              kwargs=_preview(call), root_id=call_id, parent_id=None, retries=0, eta=None,
+              kwargs=call_preview(call), root_id=call_id, parent_id=None, retries=0, eta=None,
               expires=None)
 
     def started(self, dispatcher: Any, call_id: str) -> None:
