@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .stats import ratio
+from .table import fmt_ms as _ms
+from .table import fmt_rate as _rate
+from .table import fmt_ratio as _x
 
 
 def derive_ratios(results: dict[str, Any]) -> dict[str, Any]:
@@ -56,20 +59,6 @@ def derive_ratios(results: dict[str, Any]) -> dict[str, Any]:
                 s_lat["median_ms"] - g_lat["median_ms"] - r_lat["median_ms"], 4
             )
     return out
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
-
-
-def _x(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
-
-def _rate(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f}"
 
 
 def text_report(results: dict[str, Any]) -> str:

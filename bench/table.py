@@ -23,17 +23,17 @@ class Row:
     verdict: str = ""  # "met", "missed", "" (no target), or why not measured
 
 
-def _ms(value: float | None) -> str:
+def fmt_ms(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
 
 
-def _x(value: float | None) -> str:
+def fmt_ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def _rate(value: float | None) -> str:
+def fmt_rate(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
 
@@ -56,7 +56,7 @@ def _below(limit: float) -> Callable[[float], bool]:
 
 
 def _mp(row: dict[str, Any] | None) -> str:
-    return "—" if not row else f"{_ms(row.get('median_ms'))} / {_ms(row.get('p99_ms'))} ms"
+    return "—" if not row else f"{fmt_ms(row.get('median_ms'))} / {fmt_ms(row.get('p99_ms'))} ms"
 
 
 def _ratio_mp(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[float | None, str]:
@@ -64,7 +64,7 @@ def _ratio_mp(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[float
         return None, "—"
     med = ratio(a.get("median_ms"), b.get("median_ms"))
     p99 = ratio(a.get("p99_ms"), b.get("p99_ms"))
-    return med, f"{_x(med)} / {_x(p99)}"
+    return med, f"{fmt_ratio(med)} / {fmt_ratio(p99)}"
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
@@ -104,8 +104,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
     r = ratio(a and a["calls_per_s"], b and b["calls_per_s"])
     n = (a or b or {}).get("calls", 0)
     out.append(Row(f"throughput, {n:,} `execute_async` sent then gathered (Celery path)",
-                   f"{_rate(a and a['calls_per_s'])} calls/s",
-                   f"raw Celery {_rate(b and b['calls_per_s'])} calls/s", _x(r), "≥ 0.9×",
+                   f"{fmt_rate(a and a['calls_per_s'])} calls/s",
+                   f"raw Celery {fmt_rate(b and b['calls_per_s'])} calls/s", fmt_ratio(r), "≥ 0.9×",
                    _verdict(r, _ge(0.9))))
     cc = results.get("concurrent") or {}
     base = cc.get("raw_celery")
@@ -115,9 +115,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
         mine = cc.get(key)
         r = ratio(mine and mine["calls_per_s"], base and base["calls_per_s"])
         out.append(Row(f"throughput, {callers} concurrent sync callers, {lane}",
-                       f"{_rate(mine and mine['calls_per_s'])} calls/s",
-                       f"raw Celery, {callers} callers: {_rate(base and base['calls_per_s'])} "
-                       "calls/s", _x(r), f"≥ {limit:g}×", _verdict(r, _ge(limit))))
+                       f"{fmt_rate(mine and mine['calls_per_s'])} calls/s",
+                       f"raw Celery, {callers} callers: {fmt_rate(base and base['calls_per_s'])} "
+                       "calls/s", fmt_ratio(r), f"≥ {limit:g}×", _verdict(r, _ge(limit))))
 
     st = results.get("streaming") or {}
     stp = st.get("throughput") or {}
@@ -130,9 +130,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
         return "" if total is None else f" ({total:.0f} µs CPU/chunk)"
 
     out.append(Row(f"stream chunks/s, one stream of {(a or {}).get('chunks', 0):,} chunks",
-                   f"{_rate(a and a['chunks_per_s'])} chunks/s{_cpu('snakepit')}",
-                   f"raw gRPC server stream {_rate(b and b['chunks_per_s'])} chunks/s"
-                   f"{_cpu('raw_grpc')}", _x(r), "≥ 0.9×", _verdict(r, _ge(0.9))))
+                   f"{fmt_rate(a and a['chunks_per_s'])} chunks/s{_cpu('snakepit')}",
+                   f"raw gRPC server stream {fmt_rate(b and b['chunks_per_s'])} chunks/s"
+                   f"{_cpu('raw_grpc')}", fmt_ratio(r), "≥ 0.9×", _verdict(r, _ge(0.9))))
     lat = st.get("latency") or {}
     _, text = _ratio_mp(lat.get("snakepit"), lat.get("raw_grpc"))
     out.append(Row("stream chunk latency, yield → callback, median / p99",
@@ -145,12 +145,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
         ready = row and row.get("ready_ms")
         bound = limits.get(size)
         verdict = "" if bound is None else _verdict(ready, _below(bound))
-        out.append(Row(f"start-up, {size} workers to ready", f"{_ms(ready)} ms",
+        out.append(Row(f"start-up, {size} workers to ready", f"{fmt_ms(ready)} ms",
                        "", "", f"< {bound / 1000:g} s" if bound else "", verdict))
     sc = results.get("scale")
     if sc:
         out.append(Row(f"{sc['workers']} workers: ready, stop, orphans after stop",
-                       f"{_ms(sc['ready_ms'])} ms, {_ms(sc['stop_ms'])} ms, "
+                       f"{fmt_ms(sc['ready_ms'])} ms, {fmt_ms(sc['stop_ms'])} ms, "
                        f"{sc['orphans']} of {sc['runtime_pids']} runtimes", "", "",
                        "0 orphans", "met" if sc["orphans"] == 0 and sc["runtime_pids"] else
                        "missed"))
@@ -161,14 +161,14 @@ def rows(results: dict[str, Any]) -> list[Row]:
     fp = results.get("footprint") or {}
     node = fp.get("node") or {}
     out.append(Row("RSS per worker (adapter runtime) / per node (celery node process)",
-                   f"{_ms(node.get('worker_rss_mib'))} / {_ms(node.get('node_rss_mib'))} MiB",
-                   f"raw Celery worker {_ms(fp.get('raw_celery_worker_mib'))} MiB; Ray actor "
-                   f"{_ms(fp.get('ray_actor_mib'))} MiB"))
+                   f"{fmt_ms(node.get('worker_rss_mib'))} / {fmt_ms(node.get('node_rss_mib'))} MiB",
+                   f"raw Celery worker {fmt_ms(fp.get('raw_celery_worker_mib'))} MiB; Ray actor "
+                   f"{fmt_ms(fp.get('ray_actor_mib'))} MiB"))
     for key, what in (("snakepit", "fast lane"), ("snakepit_celery", "Celery lane")):
         mine = rt.get(key) or {}
         c, rc = mine.get("redis_commands_per_call"), (raw or {}).get("redis_commands_per_call")
         out.append(Row(f"Redis commands per `execute`, {what}", "—" if c is None else f"{c:.1f}",
-                       f"raw Celery {'—' if rc is None else f'{rc:.1f}'}", _x(ratio(c, rc))))
+                       f"raw Celery {'—' if rc is None else f'{rc:.1f}'}", fmt_ratio(ratio(c, rc))))
 
     uni, bidi = rt.get("mux_unary"), rt.get("mux_bidi")
     med, text = _ratio_mp(bidi, uni)
