@@ -134,7 +134,9 @@ class Listener:
                     [requests], timeout=max(0.05, min(self.interval, next_refresh - now))
                 )
                 failures = 0
-            except redis.RedisError as exc:
+            except (redis.RedisError, OSError, ValueError) as exc:
+                # ValueError / OSError: the client's connections were closed under the
+                # blocked BLPOP (the process reconfigured its clients); the next call reconnects.
                 failures += 1
                 if failures == 1:
                     log.warning("host tools: Redis unreachable (%s); retrying", exc)
