@@ -11,7 +11,7 @@ from snakepit_tasks.app import create_app
 from snakepit_tasks.call import Call
 from snakepit_tasks.config import load_settings
 from snakepit_tasks.errors import ConfigurationError
-from snakepit_tasks.execute_task import EXECUTE, _preview
+from snakepit_tasks.execute_task import EXECUTE, call_preview
 
 
 def test_flower_refuses_to_run_open() -> None:
@@ -89,7 +89,7 @@ def test_calls_are_named_after_their_tool_in_events() -> None:
 def test_argument_preview_is_short_and_redacted() -> None:
     call = Call(command="login", args={"password": "hunter2", "blob": "x" * 5000}, pool="p",
                 deadline=1e9, enqueued_at=1.0, reply=True)
-    text = _preview(call)
+    text = call_preview(call)
     assert "hunter2" not in text and "<REDACTED>" in text
     assert len(text) <= 1100 and "'pool': 'p'" in text
     assert "deadline" not in text and "reply" not in text
