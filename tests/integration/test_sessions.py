@@ -211,9 +211,16 @@ class TestQuota:
         n = node(pool_size=1)
         app = configure(redis_url, n, session_default_ttl=1)
         r = helpers_redis(redis_url)
-        for _ in range(2):
-            sp.execute_in_session(new_session(), "ping", app=app)
-        wait_until(lambda: "session_warning_threshold" in n.output(), timeout=15,
+        sids = [new_session() for _ in range(2)]
+
+        def warned() -> bool:
+            # Both sessions kept alive (1 s TTL) until the janitor has counted them, also on
+            # a machine slow enough that a second passes between its sweeps.
+            for sid in sids:
+                sp.execute_in_session(sid, "ping", app=app)
+            return "session_warning_threshold" in n.output()
+
+        wait_until(warned, timeout=30, interval=0.2,
                    message="the session quota warning in the node's log")
         wait_until(lambda: r.zcard(keys.sessions()) == 0, timeout=15,
                    message="expired sessions pruned from the index")
