@@ -148,15 +148,20 @@ def guarded(app: Celery, pool: str | None, command: str, fn: Callable[[], Any]) 
     guard = breaker(app, pool, command)
     if guard is None:
         return fn()
-    token, failures = guard.admit()
+    admission = Admission(guard)
+    admission.admit()
+    return _counted(admission, fn)
+
+
+def _counted(admission: Admission, fn: Callable[[], Any]) -> Any:
+    """``fn()``, its outcome recorded by the breaker that admitted it."""
     try:
-        result = fn()
+        value = fn()
     except BaseException as exc:
-        guard.record(exc, token)
+        admission.record(exc)
         raise
-    if token or failures:
-        guard.record(None, token)
-    return result
+    admission.record(None)
+    return value
 
 
 def _run_and_wait(
@@ -212,13 +217,7 @@ def _admitted(app: Celery, command: str, args: dict[str, Any] | None, **options:
     if guard is None:
         return _send_and_wait(app, command, args, None, **options)
     admission = Admission(guard)
-    try:
-        value = _send_and_wait(app, command, args, admission, **options)
-    except BaseException as exc:
-        admission.record(exc)
-        raise
-    admission.record(None)
-    return value
+    return _counted(admission, lambda: _send_and_wait(app, command, args, admission, **options))
 
 
 def _send_and_wait(

@@ -359,6 +359,12 @@ class Admission:
         if self.op == "admit":
             self.admitted, self.token, self.failures = True, token, failures
 
+    def admit(self) -> None:
+        """Admit the call in a round trip of its own (:meth:`CircuitBreaker.admit`): raise
+        CircuitOpen when rejected."""
+        self.token, self.failures = self.breaker.admit()
+        self.admitted = True
+
     def record(self, exc: BaseException | None) -> None:
         """Record the admitted call's outcome (``None``: success). A success is sent only when
         it changes something (a trial token, failures to reset): no round trip otherwise."""
