@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,14 +295,16 @@ def affinity_for(settings: Settings, pool: str, requested: str | None) -> str:
 #: reads that worker's state in the same round trip as the binding itself, and uses it only
 #: when the binding is still that one.
 _bindings: dict[str, tuple[str, str]] = {}
+_bindings_lock = threading.Lock()  # callers route from many threads
 MAX_BINDINGS = 10_000
 
 
 def _remember(session_id: str, binding: tuple[str, str]) -> None:
-    _bindings.pop(session_id, None)
-    _bindings[session_id] = binding
-    while len(_bindings) > MAX_BINDINGS:
-        _bindings.pop(next(iter(_bindings)), None)
+    with _bindings_lock:
+        _bindings.pop(session_id, None)
+        _bindings[session_id] = binding
+        while len(_bindings) > MAX_BINDINGS:  # the oldest first
+            del _bindings[next(iter(_bindings))]
 
 
 def _worker_state_into(pipe: Any, worker: str, node: str) -> None:
