@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +164,23 @@ def test_calls_whose_node_died_after_their_outcome_keep_that_one_outcome(
         ghost.forget()
 
 
-def test_a_message_a_node_pulled_but_died_before_marking_is_re_routed(
-    chaos_node: Any, make_app: Any, tmp_path: Path
-) -> None:
+@dataclass
+class BusyNode:
+    """A node of one worker of the recording adapter, its worker held by a ``hold`` call and
+    its second thread waiting with a ``record`` call (taken, not started): a call sent now
+    stays in the pool queue. ``release`` (a file) ends the hold."""
+
+    node: NodeHandle
+    r: Any
+    app: Any
+    queue: str
+    log: Path
+    release: Path
+    hold: Any
+    waiting: Any
+
+
+def busy_node(chaos_node: Any, make_app: Any, tmp_path: Path) -> BusyNode:
     pool = unique_pool("ld")
     fields = {"adapter": RECORDING, "adapter_env": WHOAMI_ENV}
     app = make_app(pool_table(pool, **fields), pool_queue_timeout=60_000)
@@ -174,13 +189,22 @@ def test_a_message_a_node_pulled_but_died_before_marking_is_re_routed(
     r = redis_of(a)
     log, release = tmp_path / "runs.txt", tmp_path / "release"
     queue = keys.pool_queue(pool)
-
-    # A's worker held, A's second thread waiting with one call: the next stays in the queue.
     hold = sp.execute_async("hold", {"flag": str(release)}, timeout=60, app=app)
     waiting = sp.execute_async("record", {"runs": str(log), "value": "waiting"}, timeout=60,
                                app=app)
     wait_until(lambda: state_of(r, waiting.id) == f"taken:{a.name}", timeout=30,
                message="A's second thread waiting with a call")
+    return BusyNode(a, r, app, queue, log, release, hold, waiting)
+
+
+def test_a_message_a_node_pulled_but_died_before_marking_is_re_routed(
+    chaos_node: Any, make_app: Any, tmp_path: Path
+) -> None:
+    busy = busy_node(chaos_node, make_app, tmp_path)
+    a, r, app, queue = busy.node, busy.r, busy.app, busy.queue
+    log, release, hold, waiting = busy.log, busy.release, busy.hold, busy.waiting
+
+    # A's worker held, A's second thread waiting with one call: the next stays in the queue.
     pulled = sp.execute_async("record", {"runs": str(log), "value": "pulled"}, timeout=60,
                               app=app)
     raw = wait_until(lambda: r.rpop(queue), timeout=30, message="the call in the pool queue")
@@ -208,21 +232,11 @@ def test_a_message_a_node_pulled_but_died_before_marking_is_re_routed(
 def test_messages_a_dead_node_had_taken_into_its_intake_lists_run_once(
     chaos_node: Any, make_app: Any, tmp_path: Path
 ) -> None:
-    pool = unique_pool("ld")
-    fields = {"adapter": RECORDING, "adapter_env": WHOAMI_ENV}
-    app = make_app(pool_table(pool, **fields), pool_queue_timeout=60_000)
-    a = start_serving(chaos_node, app, 1, pool=pool, env={"SNAKEPIT_POOL_QUEUE_TIMEOUT": "60000"},
-                      **fields)
-    r = redis_of(a)
-    log, release = tmp_path / "runs.txt", tmp_path / "release"
-    queue = keys.pool_queue(pool)
+    busy = busy_node(chaos_node, make_app, tmp_path)
+    a, r, app, queue = busy.node, busy.r, busy.app, busy.queue
+    log, release, hold, waiting = busy.log, busy.release, busy.hold, busy.waiting
 
     # A busy, so the next calls stay in the pool queue until the ghost "takes" them.
-    hold = sp.execute_async("hold", {"flag": str(release)}, timeout=60, app=app)
-    waiting = sp.execute_async("record", {"runs": str(log), "value": "waiting"}, timeout=60,
-                               app=app)
-    wait_until(lambda: state_of(r, waiting.id) == f"taken:{a.name}", timeout=30,
-               message="A's second thread waiting with a call")
     ghost = Ghost(a)
     lists = [keys.intake_feeding(ghost.name, queue), keys.intake_staging(ghost.name),
              keys.intake_pulled(ghost.name)]
