@@ -5,6 +5,7 @@ Nothing here starts anything at import time; the fixtures in ``tests/conftest.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,3 +356,19 @@ def assert_served_by(node: NodeHandle, result: dict[str, Any], timeout: float = 
         assert result["worker_id"].startswith(f"{node.name}/")
     assert "snakepit_tasks.bridge.runtime" in cmdline(pid)
     return pid
+
+
+@contextlib.contextmanager
+def sent_call_ids() -> Iterator[list[str]]:
+    """The ids of the calls this process sends inside the block, in order (from the
+    ``snakepit.call.sent`` telemetry event)."""
+    from snakepit_tasks import telemetry
+
+    ids: list[str] = []
+    handler = f"sent-call-ids-{uuid.uuid4().hex[:8]}"
+    telemetry.attach(handler, ("snakepit", "call", "sent"),
+                     lambda event, m, md: ids.append(md["call_id"]))
+    try:
+        yield ids
+    finally:
+        telemetry.detach(handler)

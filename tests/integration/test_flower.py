@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 from browser import basic_auth, chrome, http_get, page_text, screenshot, wait_http
-from helpers import REPO, cli_command, subprocess_env, terminate, wait_until
+from helpers import REPO, cli_command, sent_call_ids, subprocess_env, terminate, wait_until
 
-from snakepit_tasks import caller, keys, telemetry
+from snakepit_tasks import caller, keys
 from snakepit_tasks.embedded_redis import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -88,14 +88,9 @@ def test_flower_shows_nodes_queues_and_calls_by_tool_name(node, redis_url, pids,
         assert task["runtime"] is not None and task["runtime"] >= 0
 
         # A synchronous call takes the fast lane: the node sends its task events itself.
-        sent: list[str] = []
-        telemetry.attach("flower-test", ("snakepit", "call", "sent"),
-                         lambda event, m, md: sent.append(md["call_id"]))
-        try:
+        with sent_call_ids() as sent:
             assert caller.execute("add", {"a": 1, "b": 2}, pool=handle.pool,
                                   app=handle.app) == 3
-        finally:
-            telemetry.detach("flower-test")
         assert handle.app.snakepit_settings.fast_lane and sent
 
         def fast_finished() -> dict[str, object] | None:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import assert_served_by, wait_until
+from helpers import assert_served_by, sent_call_ids, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import errors, telemetry
+from snakepit_tasks import errors
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,14 +59,9 @@ def captured(node: Any) -> Iterator[tuple[Any, Captured]]:
 
 def test_a_fast_lane_call_sends_received_started_succeeded_under_its_tool_name(captured):
     handle, seen = captured
-    calls: list[str] = []
-    telemetry.attach("test-ids", ("snakepit", "call", "sent"),
-              lambda event, m, md: calls.append(md["call_id"]))
-    try:
+    with sent_call_ids() as calls:
         assert sp.execute("add", {"a": 2, "b": 40}, pool=handle.pool, app=handle.app) == 42
         result = sp.execute("ping", pool=handle.pool, app=handle.app)
-    finally:
-        telemetry.detach("test-ids")
     assert_served_by(handle, result)
     add_id = calls[0]
     wait_until(lambda: "task-succeeded" in seen.types(add_id), timeout=30,
@@ -89,14 +84,8 @@ def test_a_fast_lane_call_sends_received_started_succeeded_under_its_tool_name(c
 
 def test_a_failing_fast_lane_call_sends_task_failed(captured):
     handle, seen = captured
-    calls: list[str] = []
-    telemetry.attach("test-ids", ("snakepit", "call", "sent"),
-              lambda event, m, md: calls.append(md["call_id"]))
-    try:
-        with pytest.raises(errors.AdapterError):
-            sp.execute("fail", {"message": "no good"}, pool=handle.pool, app=handle.app)
-    finally:
-        telemetry.detach("test-ids")
+    with sent_call_ids() as calls, pytest.raises(errors.AdapterError):
+        sp.execute("fail", {"message": "no good"}, pool=handle.pool, app=handle.app)
     call_id = calls[0]
     wait_until(lambda: "task-failed" in seen.types(call_id), timeout=30,
                message=lambda: f"task-failed for {call_id}: {seen.of(call_id)}")
