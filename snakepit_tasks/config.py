@@ -25,6 +25,7 @@ from .telemetry.logs import CATEGORIES, LOG_LEVELS
 
 WORKER_PROFILES = ("process", "thread")
 ZERO_COPY_TRANSPORTS = ("auto", "shm", "flight")
+WORKER_START_METHODS = ("fork", "spawn")
 #: What a pool's ``requires`` or a call's ``requires=`` may name (sp.hardware.capabilities()).
 CAPABILITIES = ("cpu", "cuda", "rocm", "mps", "avx", "avx2", "avx512")
 DEVICES = ("", "auto", "cpu", "cuda", "mps", "rocm")
@@ -88,6 +89,9 @@ class Settings:
     pool_max_workers: int = 150
     pool_startup_batch_size: int = 10
     pool_startup_batch_delay_ms: int = 500
+    # How a node starts its workers: "fork" from a zygote that has imported the runtime once
+    # (fast), or "spawn" each in a fresh interpreter
+    worker_start_method: str = "fork"
     # Restart intensity of one worker: more restarts than this within the window pause it
     worker_starter_max_restarts: int = 3
     worker_starter_max_seconds: int = 5
@@ -511,6 +515,11 @@ def _build(values: dict[str, Any]) -> Settings:
     if settings.affinity not in AFFINITY_MODES:
         raise ConfigurationError(
             f"affinity must be one of {', '.join(AFFINITY_MODES)}, got {settings.affinity!r}"
+        )
+    if settings.worker_start_method not in WORKER_START_METHODS:
+        raise ConfigurationError(
+            f"worker_start_method must be one of {', '.join(WORKER_START_METHODS)}, got "
+            f"{settings.worker_start_method!r}"
         )
     if settings.zero_copy_transport not in ZERO_COPY_TRANSPORTS:
         raise ConfigurationError(

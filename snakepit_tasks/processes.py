@@ -2,12 +2,14 @@
 
 - Who a pid is (Linux ``/proc``): :class:`ProcessIdentity` is a pid plus its start time, so a
   reused pid is never taken for the process it once named; zombies count as ended.
+- What ``/proc/<pid>/cmdline`` shows: :func:`set_cmdline` (a forked process tells what it is).
 - Dying with the parent: :func:`set_parent_death_signal` (``prctl(PR_SET_PDEATHSIG)``, Linux),
   :func:`preexec_parent_death` for ``Popen(preexec_fn=...)``, and :func:`watch_parent`, a
   thread that notices a new parent pid on any platform.
 - Stopping: :func:`terminate` / :func:`terminate_all` send SIGTERM, wait up to a grace
-  period, then SIGKILL; :func:`kill` sends SIGKILL at once. A target is a
-  :class:`subprocess.Popen`, a :class:`ProcessIdentity`, or a bare pid. With ``group=True``
+  period, then SIGKILL; :func:`kill` sends SIGKILL at once. A target is a child process (a
+  :class:`subprocess.Popen`, or anything with its ``pid``/``poll()``/``returncode``, like a
+  worker forked by the zygote), a :class:`ProcessIdentity`, or a bare pid. With ``group=True``
   a target that leads a process group (``start_new_session=True``) is signalled with its
   whole group, also after the leader itself has ended while members remain.
 
@@ -21,13 +23,12 @@ import functools
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger("snakepit_tasks.processes")
 
@@ -107,7 +108,8 @@ def process_cmdline(pid: int) -> list[str] | None:
             raw = f.read()
     except OSError:
         return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] if raw else []
+    # Trailing NULs: the padding of a rewritten command line (see set_cmdline).
+    return [part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")] if raw else []
 
 
 def process_uid(pid: int) -> int | None:
@@ -168,6 +170,26 @@ class ProcessIdentity:
         return process_start_time(self.pid) == self.start_time
 
 
+def set_cmdline(argv: list[str]) -> bool:
+    """Rewrite what ``/proc/self/cmdline`` (and ``ps``) shows as ``argv``, in the memory the
+    kernel reads it from (Linux >= 3.5). Only as long as the arguments this process was started
+    with: False, and nothing changed, when ``argv`` does not fit or there is no such memory."""
+    try:
+        with open(f"{_PROC}/self/stat", "rb") as f:
+            raw = f.read().decode()
+        fields = raw[raw.rfind(")") + 2 :].split()
+        # fields[0] is field 3: arg_start and arg_end are fields 48 and 49.
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, ValueError, IndexError):
+        return False
+    data = b"".join(a.encode() + b"\0" for a in argv)
+    if not start or len(data) > end - start:
+        return False
+    # Padded with NULs to the end: the kernel shows the area up to its last byte, a NUL.
+    ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
+    return True
+
+
 # -- dying with the parent -------------------------------------------------------------------
 @functools.cache
 def _prctl() -> Any:
@@ -221,7 +243,19 @@ def watch_parent(
 
 
 # -- stopping --------------------------------------------------------------------------------
-Target = subprocess.Popen[Any] | ProcessIdentity | int
+@runtime_checkable
+class ChildProcess(Protocol):
+    """A child process as :class:`subprocess.Popen` has it: its pid stays its own until
+    :meth:`poll` has seen it end (it is not reaped behind our back)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+
+
+Target = ChildProcess | ProcessIdentity | int
 
 
 @dataclass(frozen=True)
@@ -241,8 +275,9 @@ class _Handle:
     """One target: how to tell that it still runs, and how to signal it (and its group)."""
 
     def __init__(self, target: Target, group: bool) -> None:
-        self.popen = target if isinstance(target, subprocess.Popen) else None
         self.identity = target if isinstance(target, ProcessIdentity) else None
+        self.popen = (target if not isinstance(target, (int, ProcessIdentity))
+                      and isinstance(target, ChildProcess) else None)
         self.pid = target if isinstance(target, int) else target.pid
         # A bare pid: its identity now, or (no /proc) its liveness by os.kill(pid, 0).
         self.bare = isinstance(target, int) and not has_proc()

@@ -403,7 +403,8 @@ def _with_events(message: Any) -> Any:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Exit when the node that started us is gone: parent-death signal plus a watch thread."""
+    """Exit when the process that started us (the node, or its zygote) is gone: parent-death
+    signal plus a watch thread."""
     processes.set_parent_death_signal(signal.SIGKILL)
     if not parent_pid:
         return
@@ -505,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=1)
     parser.add_argument("--ready-fd", type=int, default=-1)
     parser.add_argument("--parent-pid", type=int, default=0)
+    # Forked by the node's zygote (see .zygote): it is the parent to die with.
+    parser.add_argument("--zygote-pid", type=int, default=0)
     # Carried on the command line so orphan sweeps can recognise our processes.
     parser.add_argument("--run-id", default="")
     parser.add_argument("--instance", default="")
@@ -512,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", type=int, default=40)
     parser.add_argument("--otel-setup", default=None, help="trace calls (after this hook)")
     ns = parser.parse_args(argv)
-    return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd, ns.parent_pid,
+    return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd,
+                 ns.zygote_pid or ns.parent_pid,
                  ns.host_tools_socket, ns.log_level, ns.otel_setup)
 
 

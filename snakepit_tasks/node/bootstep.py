@@ -18,6 +18,8 @@ from .intake import install as install_intake
 from .node import Node
 from .task_events import TaskEvents
 from .worker import WorkerStartError
+from .workerset import pool_env
+from .zygote import Zygote, ZygoteUnavailable
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -56,6 +58,16 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         worker.concurrency = 2 * self.count * self.pool.capacity
         worker.min_concurrency = worker.concurrency  # the Pool step copied the old value
         watch_parent()
+        # The workers' zygote imports the runtime while Celery boots (see node.zygote).
+        self.zygote: Zygote | None = None
+        if settings.worker_start_method == "fork":
+            self.zygote = Zygote(pool_env(settings, self.pool), name=worker.hostname,
+                                 instance=settings.instance_name)
+            try:
+                self.zygote.start()
+            except ZygoteUnavailable as exc:
+                log.warning("%s; workers start in fresh interpreters", exc)
+                self.zygote = None
         if settings.task_events:
             # Flower watches: send task events, and worker heartbeats (even when started with
             # --without-heartbeat), else Flower lists the node as offline.
@@ -92,7 +104,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
             console.quiet_shutdown(worker)
         settings = worker.app.snakepit_settings
         try:
-            node = Node(settings, self.pool, worker.hostname, count=self.count)
+            node = Node(settings, self.pool, worker.hostname, count=self.count,
+                        zygote=self.zygote)
             node.start()
         except (WorkerStartError, DeviceNotAvailable) as exc:
             if isinstance(exc, WorkerStartError) and not exc.details.get("adapter_load"):

@@ -45,6 +45,7 @@ from .janitor import Janitor
 from .worker import AdapterWorker
 from .workerset import NodeDraining, WorkerGone, WorkerSet
 from .zero_copy import Relay
+from .zygote import Zygote
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -60,7 +61,8 @@ class Node:
     """Owns the workers of a node, runs calls on them, and tells Redis about them."""
 
     def __init__(
-        self, settings: Settings, pool: PoolConfig, name: str, count: int | None = None
+        self, settings: Settings, pool: PoolConfig, name: str, count: int | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -80,6 +82,7 @@ class Node:
             instance=settings.instance_name,
             on_exit=self._worker_exited,
             relay=self.relay,
+            zygote=zygote,
         )
         self.host_tools = HostToolsServer(
             settings, pool, self.redis, os.path.join(self.workers.run_dir, "h.sock"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from ..errors import (
 )
 from ..telemetry import tracing
 from .adapter_events import reemit
-from .worker import AdapterWorker
+from .worker import AdapterWorker, process_ended
 
 log = logging.getLogger("snakepit_tasks.grpc")
 
@@ -180,7 +179,7 @@ class WorkerCalls:
             )
         generation = worker.generation
         stub, process = worker.stub, worker.process
-        if stub is None or process is None or _has_exited(process.pid):
+        if stub is None or process is None or process_ended(process):
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id)
         try:
@@ -293,15 +292,6 @@ def _halted(count: int, labels: dict[str, Any]) -> dict[str, Any]:
     """What a stream its caller stopped returns."""
     telemetry.emit(("snakepit", "stream", "halted"), {"chunks": count}, labels)
     return {"halted": True, "chunks": count}
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether child ``pid`` has ended, without taking Popen's wait lock (its exit watcher
-    holds it while blocked in wait())."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True  # already reaped
 
 
 def _cancel_when(cancelled: threading.Event, rpc: Any) -> None:

@@ -24,6 +24,7 @@ from ..bridge.limits import MAX_MESSAGE_BYTES
 from ..errors import ConfigurationError
 from . import output
 from .call_stream import CallStream
+from .zygote import ForkedProcess, Zygote, ZygoteUnavailable
 
 log = logging.getLogger("snakepit_tasks.node")
 
@@ -38,6 +39,25 @@ THREAD_ENV_VARS = (
 )
 #: After SIGKILL, how long :meth:`AdapterWorker.stop` waits for the runtime to vanish (s).
 KILL_WAIT_S = 2.0
+#: The module a runtime runs (``python -m``).
+RUNTIME_MODULE = "snakepit_tasks.bridge.runtime"
+
+#: A runtime process: a child of the node, or forked by the node's zygote.
+RuntimeProcess = subprocess.Popen[bytes] | ForkedProcess
+
+
+def process_ended(process: RuntimeProcess, *, block: bool = False) -> bool:
+    """Whether ``process`` has ended (with ``block``, once it has), without reaping it: a
+    child's exit watcher may hold its Popen's wait lock meanwhile."""
+    if isinstance(process, ForkedProcess):
+        if block:
+            process.wait()
+        return process.returncode is not None
+    flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+    try:
+        return os.waitid(os.P_PID, process.pid, flags) is not None
+    except ChildProcessError:
+        return True  # already reaped
 
 
 class WorkerStartError(ConfigurationError):
@@ -81,8 +101,10 @@ class AdapterWorker:
         pool: str = "",
         node: str = "",
         runtime_args: Sequence[str] = (),
+        zygote: Zygote | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.zygote = zygote  # forks the runtime, when the node has one
         self.pool = pool
         self.node = node
         self.runtime_args = tuple(runtime_args)
@@ -94,7 +116,7 @@ class AdapterWorker:
         self.instance = instance
         self.env = env
         self.host_tools_socket = ""  # the node's HostTools socket, passed to the runtime
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: RuntimeProcess | None = None
         self.channel: grpc.Channel | None = None
         self.stub: pb_grpc.AdapterRuntimeStub | None = None
         self._calls: CallStream | None = None  # opened at the first call (see call_stream)
@@ -120,10 +142,7 @@ class AdapterWorker:
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
         read_fd, write_fd = os.pipe()
-        cmd = [
-            sys.executable,
-            "-m",
-            "snakepit_tasks.bridge.runtime",
+        args = [
             "--adapter",
             self.adapter,
             "--socket",
@@ -132,8 +151,6 @@ class AdapterWorker:
             self.worker_id,
             "--capacity",
             str(self.capacity),
-            "--ready-fd",
-            str(write_fd),
             "--parent-pid",
             str(os.getpid()),
             "--run-id",
@@ -143,17 +160,9 @@ class AdapterWorker:
             *self.runtime_args,
         ]
         if self.host_tools_socket:
-            cmd += ["--host-tools-socket", self.host_tools_socket]
+            args += ["--host-tools-socket", self.host_tools_socket]
         try:
-            self.process = subprocess.Popen(
-                cmd,
-                env=self.env,
-                pass_fds=(write_fd,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,  # into the node's log, tagged (see .output)
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # own process group: its children die with it
-            )
+            self.process = self._start(args, write_fd)
         finally:
             os.close(write_fd)
         assert self.process.stdout is not None and self.process.stderr is not None
@@ -170,6 +179,24 @@ class AdapterWorker:
         self.recycle_reason = ""
         telemetry.emit(("snakepit", "worker", "spawned"), {"system_time": time.time_ns()},
                        self._labels())
+
+    def _start(self, args: list[str], ready_fd: int) -> RuntimeProcess:
+        """The runtime process: forked by the zygote, else a fresh interpreter."""
+        if self.zygote is not None:
+            try:
+                return self.zygote.spawn(args, self.env, ready_fd)
+            except ZygoteUnavailable as exc:
+                log.warning("worker %s: %s; starting it in a fresh interpreter",
+                            self.worker_id, exc)
+        return subprocess.Popen(
+            [sys.executable, "-m", RUNTIME_MODULE, *args, "--ready-fd", str(ready_fd)],
+            env=self.env,
+            pass_fds=(ready_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,  # into the node's log, tagged (see .output)
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own process group: its children die with it
+        )
 
     def _labels(self) -> dict[str, Any]:
         return {"pool": self.pool, "node": self.node, "worker_id": self.worker_id,

@@ -26,7 +26,8 @@ from .registry import ProcessRegistry
 from .restarts import RestartLimit
 from .rpc import WorkerCalls, WorkerGone
 from .slots import NodeDraining, Slots
-from .worker import AdapterWorker, WorkerStartError, settings_env, worker_env
+from .worker import AdapterWorker, WorkerStartError, process_ended, settings_env, worker_env
+from .zygote import Zygote
 
 __all__ = ["NodeDraining", "WorkerGone", "WorkerSet"]
 
@@ -40,6 +41,12 @@ def runtime_args(settings: Settings) -> list[str]:
     if settings.otel_enabled:
         args += ["--otel-setup", settings.otel_setup]
     return args
+
+
+def pool_env(settings: Settings, pool: PoolConfig) -> dict[str, str]:
+    """The environment the workers of ``pool`` start with (before their device variables)."""
+    return worker_env(dict(os.environ), pool.worker_profile,
+                      {**settings_env(settings), **pool.adapter_env})
 
 
 class WorkerSet:
@@ -56,6 +63,7 @@ class WorkerSet:
         instance: str = "",
         on_exit: Callable[[AdapterWorker, str], None] | None = None,
         relay: Callable[[Any], Any] | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -74,8 +82,12 @@ class WorkerSet:
         self.run_dir = str(self._run_path)
         n_workers = count if count is not None else pool.pool_size
         run_dirs.check_socket_room(self._run_path, f"w{max(0, n_workers - 1)}.sock")
-        env = worker_env(dict(os.environ), pool.worker_profile,
-                         {**settings_env(settings), **pool.adapter_env})
+        env = pool_env(settings, pool)
+        # Forks the workers (their devices differ only in variables read after the fork); a
+        # node starts it early (see bootstep), else it starts with the workers. Ours to stop.
+        if zygote is None and settings.worker_start_method == "fork":
+            zygote = Zygote(env, name=node_name, run_id=run_id, instance=instance)
+        self._zygote = zygote
         self.workers = [
             AdapterWorker(
                 worker_id=f"{node_name}/{i}",
@@ -89,6 +101,7 @@ class WorkerSet:
                 pool=pool.name,
                 node=node_name,
                 runtime_args=runtime_args(settings),
+                zygote=self._zygote,
             )
             for i in range(n_workers)
         ]
@@ -136,6 +149,8 @@ class WorkerSet:
         began = time.monotonic()
         telemetry.emit(("snakepit", "pool", "init_started"), {"workers": len(self.workers)},
                        labels)
+        if self._zygote is not None:
+            self._zygote.start()  # imports the runtime while the sweep runs
         swept = self.registry.sweep(self.run_id)
         if swept:
             log.warning("killed %d leftover adapter process(es) of earlier runs: %s",
@@ -188,6 +203,8 @@ class WorkerSet:
             t.start()
         for t in threads:
             t.join(grace + 5)
+        if self._zygote is not None:
+            self._zygote.stop()
         self.registry.end_run(self.run_id)
         run_dirs.remove(self._run_path)
 
@@ -218,10 +235,8 @@ class WorkerSet:
 
         def wait_exit() -> None:
             assert process is not None
-            try:  # see the exit without reaping, so the worker stops being handed out at once
-                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
-            except ChildProcessError:
-                pass
+            # See the exit without reaping, so the worker stops being handed out at once.
+            process_ended(process, block=True)
             self._slots.mark_dead(worker, generation)
             code = process.wait()
             self.registry.forget(process.pid)

@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -179,6 +180,30 @@ def test_stat_is_parsed_around_an_odd_command_name(
     assert ProcessIdentity.of(4242) is None
     (tmp_path / "4242" / "stat").write_text("4242 (truncated")
     assert processes.proc_stat(4242) is None
+
+
+REWRITE = (
+    "import os, sys\n"
+    "from snakepit_tasks import processes\n"
+    "print(processes.set_cmdline(['prog', '--worker-id', 'w/1']),"
+    " processes.set_cmdline(['x' * 10_000]), flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+
+def test_a_process_rewrites_its_command_line_within_the_room_it_has() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REWRITE, "room " * 40], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().split() == ["True", "False"]
+        # What /proc shows: the new arguments; the padding (NULs) is not an argument.
+        assert processes.process_cmdline(proc.pid) == ["prog", "--worker-id", "w/1"]
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            assert f.read().startswith(b"prog\0--worker-id\0w/1\0\0")
+    finally:
+        proc.kill()
+        proc.communicate()
 
 
 # -- stopping --------------------------------------------------------------------------------
