@@ -180,8 +180,13 @@ class ProcessTracker:
         st = start_time(pid)
         if st is None:
             return
+        shown = cmdline(pid)
         with self._lock:
-            self.seen.setdefault(pid, (st, cmdline(pid)))
+            first = self.seen.get(pid)
+            if first is None or first[0] == st and shown:
+                # The same process again: its latest command line (a child seen between
+                # fork and exec still showed its parent's).
+                self.seen[pid] = (st, shown)
 
     def sample(self) -> None:
         with self._lock:
