@@ -145,3 +145,24 @@ def test_an_unknown_start_method_is_a_configuration_error() -> None:
 
     with pytest.raises(ConfigurationError, match="worker_start_method must be one of fork, spawn"):
         load_settings(worker_start_method="forkserver")
+
+
+# -- a real node (Celery) ------------------------------------------------------------------
+def test_a_node_forks_its_workers_from_the_zygote_it_started_while_booting(node: Any) -> None:
+    from snakepit_tasks import caller
+
+    n = node(pool_size=2)
+    workers = n.worker_pids()
+    [zygote] = {parent_of(pid) for pid in workers}
+    assert parent_of(zygote) == n.pid and "snakepit_tasks.bridge.zygote" in cmdline(zygote)
+    assert caller.execute("ping", app=n.app)["pid"] in workers
+
+
+def test_a_sigkilled_node_leaves_neither_zygote_nor_workers(node: Any) -> None:
+    n = node(pool_size=2)
+    workers = n.worker_pids()
+    zygote = parent_of(workers[0])
+    os.kill(n.pid, signal.SIGKILL)
+    n.proc.wait(10)
+    wait_until(lambda: not any(processes.process_start_time(p) for p in [zygote, *workers]),
+               timeout=10, message="the zygote and workers die with their node")
