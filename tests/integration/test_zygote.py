@@ -40,15 +40,27 @@ def start(pids: Any, tmp_path: Path) -> Iterator[Any]:
                                crash_barrier_backoff_ms=(10,), **settings)
         ws = WorkerSet(loaded, loaded.pool(pool), f"{pool}@itest", run_id=f"z{len(started)}",
                        instance="zygote-test")
-        pids.track(os.getpid())  # every process below this one: zygotes and workers
         started.append(ws)
         ws.start()
+        track(ws)
         return ws
 
+    def track(ws: WorkerSet) -> None:
+        """Every process of ``ws`` must be gone after the test: its zygote, and what is below
+        it (sampled from now on), or its workers (no zygote)."""
+        if ws._zygote is not None and ws._zygote.process is not None:
+            pids.record(ws._zygote.process.pid)
+            pids.track(ws._zygote.process.pid)
+        for w in ws.workers:
+            if w.pid:
+                pids.record(w.pid)
+
+    start.track = track  # type: ignore[attr-defined]
     try:
         yield start
     finally:
         for ws in started:
+            track(ws)
             ws.stop(grace=2.0)
 
 
@@ -100,6 +112,7 @@ def test_a_killed_zygote_takes_its_workers_and_they_come_back_from_a_new_one(
                timeout=10, message="the workers die with their zygote")
     wait_until(lambda: all(w.state == "ready" and w.pid not in old_workers
                            for w in ws.workers), timeout=30, message="workers restarted")
+    start.track(ws)
     assert zygote_pid(ws) != old_zygote
     assert {parent_of(w.pid) for w in ws.workers if w.pid} == {zygote_pid(ws)}
     assert ping(ws)["pid"] in {w.pid for w in ws.workers}
