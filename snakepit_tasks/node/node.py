@@ -37,7 +37,7 @@ from ..telemetry import hooks, tracing
 from ..telemetry.metrics import NodeMetrics
 from ..zero_copy.host import host_id
 from . import lease
-from .claim import Claims, DuplicateCopy, Redirect
+from .claim import Claims, DuplicateCopy, Held, Redirect
 from .fast_lane import FastLane
 from .feed import IntakeFeed, settle
 from .host_tools import HostToolsServer
@@ -305,11 +305,13 @@ class Node:
             self.app.backend.mark_as_failure(call_id, error)
 
     def run(
-        self, call: Call, call_id: str, *, on_finish: Callable[[Any], None] | None = None
+        self, call: Call, call_id: str, *, on_finish: Callable[[Any], None] | None = None,
+        preclaimed: Held | None = None,
     ) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
         tool (streaming its chunks when asked), count it, and push the outcome to the caller
-        when it waits for a direct ``reply``."""
+        when it waits for a direct ``reply``. ``preclaimed``: the call was claimed when the fast
+        lane took it, for that slot."""
         deadline = float(call.deadline or time.time())
         session_id = call.session_id or ""
         stream, reply = call.stream, call.reply
@@ -318,7 +320,8 @@ class Node:
         claimed = None
         try:
             self._check_requires(call)
-            claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command))
+            claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command),
+                                       held=preclaimed)
             labels = {"call_id": call_id, "tool": call.command, "pool": self.pool.name,
                       "node": self.name, "worker_id": claimed.slot.worker_id,
                       "session_id": session_id}
