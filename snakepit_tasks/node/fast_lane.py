@@ -226,8 +226,7 @@ class FastLane:
                 "snakepit.call_id": call_id, "snakepit.pool": call.pool,
                 "snakepit.node": node.name, "snakepit.lane": "fast",
             }, kind="consumer", context=tracing.extract(trace) if trace else None):
-                result = node.run(call, call_id, on_finish=lambda pipe: self._forget(pipe, raw),
-                                  preclaimed=held)
+                result = node.run(call, call_id, forget=(self.processing, raw), preclaimed=held)
             if events is not None:
                 self.events.succeeded(events, call_id, result, time.perf_counter() - began)
         except NodeDraining:
