@@ -1,12 +1,12 @@
 -- fast_take.lua: runs right behind a fast-lane consumer's BLMOVE, in the same round trip, and
 -- claims the call it took when that needs nothing the node must decide first. Atomically:
---   1. every message in the consumer's landing list (what its BLMOVE moved there: one at
+--   1. the message in the consumer's landing list (what its BLMOVE moved there: one at
 --      most, its crew's leader takes one at a time) goes on to the node's processing list,
 --      where the janitor recovers it if the node dies;
 --   2. a plain call (no unbound session to bind, nothing required of the host, not a
---      session clean-up, for this pool) is claimed for the first free worker it may run on
---      (its pinned worker's slot must be free), exactly as start_call.lua claims it; any
---      other message is left for the node to claim itself (status 'skip').
+--      session clean-up, for this pool) is claimed for the first worker it may run on of
+--      those the node named (its pinned worker, if any), exactly as start_call.lua claims
+--      it; any other message is left for the node to claim itself (status 'skip').
 -- The node then takes that worker's slot; if it cannot (another thread was quicker), or the
 -- call turns out to be late, it hands the claim back (release_claim.lua) and claims as usual.
 --
@@ -16,28 +16,26 @@
 -- KEYS[3] session index                 snakepit:sessions
 -- KEYS[4] busy                          snakepit:node:<node>:busy
 -- KEYS[5] the consumer's clock          snakepit:fast:node:<node>:landing:<crew>:clock
---                                       (Redis's clock when the BLMOVE began: fast_clock.lua;
---                                       read and removed here)
+--                                       (Redis's clock when the BLMOVE began: fast_clock.lua)
 -- ARGV[1] node name    ARGV[2] pool
--- ARGV[3] the node's clock when it sent the BLMOVE (s, float): the claim's "now" is that
---         plus how long the BLMOVE waited (by Redis's clock)
+-- ARGV[3] the node's clock when it sent the BLMOVE (s, float): the claim's "now" is that,
+--         plus for a session's call how long the BLMOVE waited (by Redis's clock)
 -- ARGV[4] session ttl (s)    ARGV[5] max sessions
 -- ARGV[6] call state ttl margin (ms, added to the time left before the call's deadline)
 -- ARGV[7] call state key prefix (snakepit:call:)    ARGV[8] session key prefix
 -- ARGV[9] the longest message looked into (bytes; a longer one is left to the node)
 -- ARGV[10] the clean-up command's name (left to the node)
--- ARGV[11..] ids of the workers with a free slot, preferred first
+-- ARGV[11] this take's mark: KEYS[5] is its clock only when it carries this mark
+-- ARGV[12..] ids of the node's ready workers, preferred first (those with a free slot when
+--           the BLMOVE was sent come first)
 -- Returns {status, the message (or false), worker claimed for ('' unless 'ok'), and with 'ok'
 --          the call's id}
 --   status: 'none' (nothing taken) | 'ok' (claimed, as start_call's 'ok', for an existing or
 --           no session) | 'skip' (the node claims it: a start_call status other than 'ok',
 --           or a message this script does not look into)
-local raw = false
-while true do
-  local moved = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not moved then break end
-  raw = moved
-end
+-- One at a time, oldest first: a message left here by a take whose script never ran (its
+-- connection broke) goes on with the next take.
+local raw = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
 if not raw then
   return {'none', false, ''}
 end
@@ -73,21 +71,23 @@ if sid ~= '' and bind == '1' and redis.call('HEXISTS', session_key, 'worker') ==
   return {'skip', raw, ''}  -- binds a session: the node does (and runs its hook)
 end
 local worker = false
-for i = 11, #ARGV do
+for i = 12, #ARGV do
   if pinned == nil or ARGV[i] == pinned then
     worker = ARGV[i]
     break
   end
 end
 if not worker then
-  return {'skip', raw, ''}  -- its worker is busy: the node waits for it
+  return {'skip', raw, ''}  -- its worker is not ready: the node decides
 end
 local now = tonumber(ARGV[3])
-local began = tonumber(redis.call('GET', KEYS[5]) or '')
-redis.call('DEL', KEYS[5])  -- one take's mark only (a mark that failed to come: no guess)
-if began then
-  local t = redis.call('TIME')
-  now = now + math.max(0, t[1] * 1000000 + t[2] - began) / 1000000
+if sid ~= '' then  -- a session's last use: when the call came, not when the wait began
+  local mark = redis.call('GET', KEYS[5])
+  local began = mark and string.match(mark, '^' .. ARGV[11] .. ':(%d+)$')
+  if began then
+    local t = redis.call('TIME')
+    now = now + math.max(0, t[1] * 1000000 + t[2] - tonumber(began)) / 1000000
+  end
 end
 local ttl = math.floor(math.max(0, deadline - now) * 1000) + tonumber(ARGV[6])
 local reply = start_call(

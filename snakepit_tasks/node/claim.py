@@ -7,8 +7,8 @@ scripts. While a node holds a call waiting for a slot it marks it ``taken:<node>
 janitor can re-route it if the node dies.
 
 On the fast lane most calls are claimed in the round trip that takes them
-(``broker/fast_take.lua`` behind the ``BLMOVE``, for the first free worker the call may run
-on): the consumer then holds that worker's slot (:class:`Held`) and :meth:`Claims.take` only
+(``broker/fast_take.lua`` behind the ``BLMOVE``, for the first ready worker the call may
+run on): the consumer then holds that worker's slot (:class:`Held`) and :meth:`Claims.take` only
 checks the call is not late; a claim it cannot use goes back (``broker/release_claim.lua``)
 and the call is claimed as any other.
 """
@@ -236,24 +236,27 @@ class Claims:
         return status, bound, bound_node, new == "1", holder
 
     def fast_take_args(
-        self, landing: str, clock: str, processing: str
+        self, landing: str, clock: str, processing: str, mark: str
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``broker/fast_take.lua`` for a take into ``landing`` now."""
+        """KEYS and ARGV of ``broker/fast_take.lua`` for a take into ``landing`` now, whose
+        ``clock`` fast_clock.lua stamps with ``mark`` (digits)."""
         script_keys = [landing, processing, keys.sessions(), keys.busy(self.node), clock]
         args: list[Any] = [
             self.node, self.pool.name, repr(time.time()), self.settings.session_default_ttl,
             self.settings.session_max_sessions, CALL_STATE_MARGIN_MS, keys.call_state(""),
-            keys.session(""), FAST_TAKE_MAX_BYTES, CLEANUP_COMMAND, *self.free_workers(),
+            keys.session(""), FAST_TAKE_MAX_BYTES, CLEANUP_COMMAND, mark, *self.candidates(),
         ]
         return script_keys, args
 
-    def free_workers(self) -> list[str]:
-        """Ids of the workers with a free slot now, in the order a slot is given out
-        (untainted, least loaded, least used first). Read without the slots' lock: a hint
-        for fast_take.lua; :meth:`hold` decides."""
-        free = [w for w in self.workers.workers if w.state == "ready" and w.inflight < w.capacity]
-        free.sort(key=lambda w: (self.workers.is_tainted(w.worker_id), w.inflight, w.requests))
-        return [w.worker_id for w in free]
+    def candidates(self) -> list[str]:
+        """Ids of the ready workers in the order a slot is given out (free, untainted, least
+        loaded, least used first). Read without the slots' lock and before a wait: a hint
+        for fast_take.lua (a busy worker may be free by the time a call comes); :meth:`hold`
+        decides."""
+        ready = [w for w in self.workers.workers if w.state == "ready"]
+        ready.sort(key=lambda w: (w.inflight >= w.capacity, self.workers.is_tainted(w.worker_id),
+                                  w.inflight, w.requests))
+        return [w.worker_id for w in ready]
 
     def hold(self, call_id: str, worker_id: str) -> Held | None:
         """The slot of ``worker_id`` for a call fast_take.lua claimed for it, or None (and the

@@ -17,6 +17,7 @@ calls it has not started back at the head of their list.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -55,6 +56,7 @@ class FastLane:
         self.sources = (keys.fast_pool_queue(node.pool.name), keys.fast_node_queue(node.name))
         self.landings = tuple((keys.fast_landing(node.name, crew), keys.fast_clock(node.name, crew))
                               for crew in ("pool", "node"))
+        self._marks = itertools.count(1)  # each take's clock mark (see fast_clock.lua)
         self._scripts = tuple((lua.compact(name), _sha(lua.compact(name)))
                               for name in ("fast_clock", "fast_take"))
         self.events = TaskEvents(lambda: None)
@@ -147,10 +149,11 @@ class FastLane:
         """BLMOVE ``source`` into the ``landing`` list, with fast_clock.lua before it and
         fast_take.lua behind it, in one round trip: fast_take's reply."""
         into, clock = landing
-        script_keys, args = self.node.claims.fast_take_args(into, clock, self.processing)
+        mark = str(next(self._marks))
+        script_keys, args = self.node.claims.fast_take_args(into, clock, self.processing, mark)
         (clock_text, clock_sha), (take_text, take_sha) = self._scripts
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.evalsha(clock_sha, 1, clock)
+            pipe.evalsha(clock_sha, 1, clock, mark)
             pipe.blmove(source, into, BLOCK_SECONDS, "RIGHT", "LEFT")
             pipe.evalsha(take_sha, len(script_keys), *script_keys, *args)
             marked, moved, reply = pipe.execute(raise_on_error=False)

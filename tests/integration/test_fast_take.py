@@ -44,10 +44,10 @@ def take(r: Any, raw: bytes | None, free: list[str], max_bytes: int = 16384,
         keys=[landing, keys.fast_processing(NODE), keys.sessions(), keys.busy(NODE), clock],
         args=[NODE, POOL, repr(time.time() if now is None else now), 3600, 10_000,
               CALL_STATE_MARGIN_MS,
-              keys.call_state(""), keys.session(""), max_bytes, CLEANUP_COMMAND, *free],
+              keys.call_state(""), keys.session(""), max_bytes, CLEANUP_COMMAND, "7", *free],
     )
-    assert r.llen(landing) == 0  # always moved on to the processing list
-    assert not r.exists(clock)  # a mark serves one take
+    if raw is not None and len(r.lrange(landing, 0, -1)) == 0:
+        assert raw in r.lrange(keys.fast_processing(NODE), 0, -1)  # moved on to processing
     return [connections.text(x) if isinstance(x, bytes) and i != 1 else x
             for i, x in enumerate(reply)]
 
@@ -64,7 +64,7 @@ def test_nothing_taken(r: Any) -> None:
     assert take(r, None, [f"{NODE}/0"])[0] == "none"
 
 
-def test_a_plain_call_is_claimed_for_the_first_free_worker(r: Any) -> None:
+def test_a_plain_call_is_claimed_for_the_first_worker_named(r: Any) -> None:
     call_id, raw = message()
     status, moved, worker, claimed_id = take(r, raw, [f"{NODE}/1", f"{NODE}/0"])
     assert (status, moved, worker, claimed_id) == ("ok", raw, f"{NODE}/1", call_id)
@@ -108,9 +108,9 @@ def test_a_long_message_is_left_to_the_node(r: Any) -> None:
     assert state(r, call_id) == ""
 
 
-def test_a_pinned_call_waits_for_its_own_worker(r: Any) -> None:
+def test_a_pinned_call_is_claimed_for_its_own_worker_only(r: Any) -> None:
     call_id, raw = message(worker=f"{NODE}/0", session_id=None)
-    assert take(r, raw, [f"{NODE}/1"])[0] == "skip"  # its worker is busy
+    assert take(r, raw, [f"{NODE}/1"])[0] == "skip"  # its worker is not ready
     assert state(r, call_id) == ""
     call_id, raw = message(worker=f"{NODE}/0")
     assert take(r, raw, [f"{NODE}/1", f"{NODE}/0"])[:3] == ["ok", raw, f"{NODE}/0"]
@@ -163,16 +163,34 @@ def test_release_claim_leaves_a_state_it_did_not_make(r: Any) -> None:
 
 def test_the_claim_is_dated_when_the_call_came_not_when_the_wait_began(r: Any) -> None:
     """A session's last use is the node's clock when the BLMOVE was sent plus how long it
-    waited by Redis's clock (fast_clock.lua marked when it began)."""
+    waited by Redis's clock (fast_clock.lua stamped when it began, with this take's mark)."""
     sid = f"s-{uuid.uuid4()}"
+    clock = keys.fast_clock(NODE, "pool")
     r.hset(keys.session(sid), mapping={"worker": f"{NODE}/0", "node": NODE, "last_used": 1})
     seconds, micros = r.time()
-    r.set(keys.fast_clock(NODE, "pool"), str(seconds * 1_000_000 + micros - 2_000_000))
+    r.set(clock, f"7:{seconds * 1_000_000 + micros - 2_000_000}")
     _, raw = message(session_id=sid, worker=f"{NODE}/0")
     assert take(r, raw, [f"{NODE}/0"], now=1000.0)[0] == "ok"
     assert 1001.9 < float(r.hget(keys.session(sid), "last_used")) < 1010
-    lua.script(r, "fast_clock")(keys=[keys.fast_clock(NODE, "pool")], args=[])
+
+    r.set(clock, f"6:{seconds * 1_000_000 + micros - 2_000_000}")  # another take's stamp
+    _, raw = message(session_id=sid, worker=f"{NODE}/0")
+    assert take(r, raw, [f"{NODE}/0"], now=1000.0)[0] == "ok"
+    assert float(r.hget(keys.session(sid), "last_used")) == 1000.0
+
+    lua.script(r, "fast_clock")(keys=[clock], args=["8"])
+    mark, _, stamp = connections.text(r.get(clock)).partition(":")
     seconds, micros = r.time()
-    assert abs(int(r.get(keys.fast_clock(NODE, "pool"))) - (seconds * 1_000_000 + micros)) < 5e6
+    assert mark == "8" and abs(int(stamp) - (seconds * 1_000_000 + micros)) < 5e6
     r.delete(keys.session(sid))
     r.zrem(keys.sessions(), sid)
+
+
+def test_a_message_left_in_the_landing_list_goes_on_with_the_next_take(r: Any) -> None:
+    landing = keys.fast_landing(NODE, "pool")
+    _, left = message()
+    _, raw = message()
+    r.lpush(landing, left)
+    assert take(r, raw, [f"{NODE}/0"])[1] == left  # oldest first
+    assert take(r, None, [f"{NODE}/0"])[1] == raw
+    assert r.lrange(keys.fast_processing(NODE), 0, -1) == [raw, left]
