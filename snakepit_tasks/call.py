@@ -65,6 +65,8 @@ class Call:
             values["args"] = {}
         if values.get("requires") is None:
             values["requires"] = ()
+        elif isinstance(values["requires"], list):  # as JSON carries it: no copy made later
+            values["requires"] = tuple(values["requires"])
         call = cls(**values)
         call._validate()
         now = time.time() if now is None else now

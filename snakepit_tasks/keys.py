@@ -172,6 +172,18 @@ def fast_processing(node: str) -> str:
     return f"{PREFIX}:fast:node:{node}:processing"
 
 
+def fast_landing(node: str, crew: str) -> str:
+    """Where one of ``node``'s fast-lane crews (``pool`` or ``node``) moves the message it
+    takes, for the moment until ``fast_take.lua`` moves it on to the processing list (in the
+    same round trip)."""
+    return f"{PREFIX}:fast:node:{node}:landing:{crew}"
+
+
+def fast_clock(node: str, crew: str) -> str:
+    """Redis's clock when that crew's leader began to wait (``fast_clock.lua``)."""
+    return f"{PREFIX}:fast:node:{node}:landing:{crew}:clock"
+
+
 def job_runs(job: str) -> str:
     """List of the task ids of job ``job``'s latest runs (newest first, capped; TTL)."""
     return f"{PREFIX}:job:{job}:runs"

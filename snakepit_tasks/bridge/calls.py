@@ -30,11 +30,11 @@ class FrameContext:
     metadata (the trace context) and its time left."""
 
     def __init__(self, frame: pb.CallFrame) -> None:
-        self._metadata = tuple(frame.metadata.items())
+        self._frame = frame  # its metadata is read only when asked (tracing on)
         self.deadline = frame.deadline if frame.deadline > 0 else None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
+        return tuple(self._frame.metadata.items())
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.time())

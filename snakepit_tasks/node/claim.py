@@ -5,6 +5,12 @@ one worker (``started:<node>``, then ``done:<node>`` once its outcome is sent) o
 in the queue (``timed_out``), never both: the caller and the node race through those two
 scripts. While a node holds a call waiting for a slot it marks it ``taken:<node>``, so a
 janitor can re-route it if the node dies.
+
+On the fast lane most calls are claimed in the round trip that takes them
+(``broker/fast_take.lua`` behind the ``BLMOVE``, for the first ready worker the call may
+run on): the consumer then holds that worker's slot (:class:`Held`) and :meth:`Claims.take` only
+checks the call is not late; a claim it cannot use goes back (``broker/release_claim.lua``)
+and the call is claimed as any other.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 import redis
 
 from .. import keys, lua
-from ..call import Call
+from ..call import CLEANUP_COMMAND, Call
 from ..config import PoolConfig, Settings
 from ..connections import text
 from ..errors import (
@@ -28,12 +34,14 @@ from ..errors import (
     WorkerCrashed,
 )
 from .worker import AdapterWorker
-from .workerset import WorkerSet
+from .workerset import NodeDraining, WorkerSet
 
 log = logging.getLogger("snakepit_tasks.node")
 
 #: How long a call's state outlives its deadline (ms), so late copies still see it.
 CALL_STATE_MARGIN_MS = 60_000
+#: Longer fast-lane messages are not looked into by fast_take.lua (the node claims them).
+FAST_TAKE_MAX_BYTES = 16 * 1024
 
 
 class DuplicateCopy(Exception):  # noqa: N818 - control flow, never reaches a caller
@@ -53,6 +61,16 @@ class Redirect(Exception):  # noqa: N818 - control flow, never reaches a caller
         super().__init__(worker_id, node)
         self.worker_id = worker_id
         self.node = node
+
+
+@dataclass
+class Held:
+    """A call claimed when it was taken (fast_take.lua) and the slot held for it, until
+    :meth:`Claims.take` uses it or :meth:`Claims.hand_back` returns it (``settled``)."""
+
+    call_id: str
+    slot: AdapterWorker
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,9 +95,13 @@ class Claims:
         self._start_call = lua.script(r, "start_call")
         self._give_up_call = lua.script(r, "give_up_call")
         self._mark_taken = lua.script(r, "mark_taken")
+        self._release_claim = lua.script(r, "release_claim")
 
-    def take(self, call: Call, call_id: str, *, rerun_ok: bool) -> Claimed:
-        """A slot for ``call``, honouring its session, affinity and queue timeout.
+    def take(
+        self, call: Call, call_id: str, *, rerun_ok: bool, held: Held | None = None
+    ) -> Claimed:
+        """A slot for ``call``, honouring its session, affinity and queue timeout (``held``:
+        the call was claimed when it was taken, for that slot).
 
         Raises QueueTimeout (never runs), WorkerBusy, SessionWorkerUnavailable,
         SessionQuotaExceeded, WorkerCrashed (a copy of a call that started before), or
@@ -90,6 +112,12 @@ class Claims:
         if call.enqueued_at is not None:
             waited_until = call.enqueued_at + self.settings.pool_queue_timeout / 1000
             queue_deadline = min(deadline, waited_until)
+        if held is not None and not held.settled:
+            if time.time() <= queue_deadline and held.call_id == call_id and (
+                    call.worker in (None, held.slot.worker_id)):
+                held.settled = True
+                return Claimed(held.slot, False)
+            self.hand_back(held)  # late after all: claimed as usual, so it times out
         if time.time() > queue_deadline:
             self.give_up(call_id)  # picked up too late: it never runs
             raise self._queue_timeout()
@@ -206,6 +234,51 @@ class Claims:
         )
         status, bound, bound_node, new, holder = (text(x) for x in reply)
         return status, bound, bound_node, new == "1", holder
+
+    def fast_take_args(
+        self, landing: str, clock: str, processing: str, mark: str
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``broker/fast_take.lua`` for a take into ``landing`` now, whose
+        ``clock`` fast_clock.lua stamps with ``mark`` (digits)."""
+        script_keys = [landing, processing, keys.sessions(), keys.busy(self.node), clock]
+        args: list[Any] = [
+            self.node, self.pool.name, repr(time.time()), self.settings.session_default_ttl,
+            self.settings.session_max_sessions, CALL_STATE_MARGIN_MS, keys.call_state(""),
+            keys.session(""), FAST_TAKE_MAX_BYTES, CLEANUP_COMMAND, mark, *self.candidates(),
+        ]
+        return script_keys, args
+
+    def candidates(self) -> list[str]:
+        """Ids of the ready workers in the order a slot is given out (free, untainted, least
+        loaded, least used first). Read without the slots' lock and before a wait: a hint
+        for fast_take.lua (a busy worker may be free by the time a call comes); :meth:`hold`
+        decides."""
+        ready = [w for w in self.workers.workers if w.state == "ready"]
+        ready.sort(key=lambda w: (w.inflight >= w.capacity, self.workers.is_tainted(w.worker_id),
+                                  w.inflight, w.requests))
+        return [w.worker_id for w in ready]
+
+    def hold(self, call_id: str, worker_id: str) -> Held | None:
+        """The slot of ``worker_id`` for a call fast_take.lua claimed for it, or None (and the
+        claim handed back) when that slot is not free now."""
+        try:
+            slot = self.workers.acquire(0.0, worker_id)
+        except (QueueTimeout, NodeDraining):
+            self._unclaim(call_id, worker_id)
+            return None
+        return Held(call_id, slot)
+
+    def hand_back(self, held: Held) -> None:
+        """Return a claim made when the call was taken, and its slot (the call never ran)."""
+        if held.settled:
+            return
+        held.settled = True
+        self.workers.release(held.slot)
+        self._unclaim(held.call_id, held.slot.worker_id)
+
+    def _unclaim(self, call_id: str, worker_id: str) -> None:
+        self._release_claim(keys=[keys.call_state(call_id), keys.busy(self.node)],
+                            args=[self.node, worker_id])
 
     def mark_taken(self, call_id: str, deadline: float) -> None:
         """Record that this node holds the call, waiting for a slot (not started)."""

@@ -6,14 +6,18 @@ hands the leadership to the next thread, and runs the call itself, so a call nev
 a hand-off to another thread. The pool list's crew has one thread per slot and its leader
 takes a message only while a slot is free that no taken call is about to use, so a busy node
 leaves the pool's calls to its peers; the node list's crew (two threads per slot, like the
-Celery lane's thread pool) takes calls pinned to this node's workers. The processing entry
-goes in the pipeline that pushes the reply. The janitor recovers the processing list and node
-list of a node that died; a stopping node puts the calls it has not started back at the head
-of their list.
+Celery lane's thread pool) takes calls pinned to this node's workers. The take claims the
+call in the same round trip when it can (``broker/fast_take.lua`` behind the ``BLMOVE``, see
+:mod:`.claim`), and the leader takes the slot it was claimed for before it hands the
+leadership on. The processing entry goes in the pipeline that pushes the reply. The janitor
+recovers the processing list and node list of a node that died; a stopping node puts the
+calls it has not started back at the head of their list.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -21,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .. import fast_lane, keys, routing
+from .. import connections, fast_lane, keys, lua, routing
 from ..call import Call
 from ..errors import SnakepitError
 from ..telemetry import tracing
-from .claim import DuplicateCopy, Redirect
+from .claim import DuplicateCopy, Held, Redirect
 from .slots import NodeDraining
 from .task_events import TaskEvents
 
@@ -50,6 +54,11 @@ class FastLane:
         self.r: redis.Redis = node.redis
         self.processing = keys.fast_processing(node.name)
         self.sources = (keys.fast_pool_queue(node.pool.name), keys.fast_node_queue(node.name))
+        self.landings = tuple((keys.fast_landing(node.name, crew), keys.fast_clock(node.name, crew))
+                              for crew in ("pool", "node"))
+        self._marks = itertools.count(1)  # each take's clock mark (see fast_clock.lua)
+        self._scripts = tuple((lua.compact(name), _sha(lua.compact(name)))
+                              for name in ("fast_clock", "fast_take"))
         self.events = TaskEvents(lambda: None)
         self._crews = (max(1, node.workers.capacity), max(1, threads))
         self._leaders = (threading.Lock(), threading.Lock())
@@ -92,46 +101,88 @@ class FastLane:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _serve(self, source: str, gated: bool, leader: threading.Lock) -> None:
+        landing = self.landings[0 if gated else 1]
         while not self._stop.is_set():
             if not leader.acquire(timeout=BLOCK_SECONDS):
                 continue
             try:
-                raw = self._take(source, gated)
+                taken = self._take(source, landing, gated)
             finally:
                 leader.release()  # the next thread of the crew waits for the next call
-            if raw is None:
+            if taken is None:
                 continue
+            raw, held = taken
             if self._stop.is_set():
+                if held is not None:
+                    self.node.claims.hand_back(held)
                 self._put_back(source, raw)
                 self._release_gate(gated)
                 self._ended()
                 return
-            self._run(source, raw, gated)
+            self._run(source, raw, held, gated)
 
-    def _take(self, source: str, gated: bool) -> bytes | None:
-        """One message moved into the processing list, or None (nothing within a block)."""
+    def _take(
+        self, source: str, landing: tuple[str, str], gated: bool
+    ) -> tuple[bytes, Held | None] | None:
+        """One message moved into the processing list, and when it was claimed in the same
+        round trip the slot held for it; None when nothing came within a block."""
         if gated and not self._pass_gate():
             return None
         try:
-            raw: Any = self.r.blmove(source, self.processing, BLOCK_SECONDS, "RIGHT", "LEFT")
+            reply = self._move(source, landing)
         except redis.RedisError:
             log.debug("fast lane: Redis unavailable; retrying", exc_info=True)
-            raw = None
+            reply = None
             self._stop.wait(BLOCK_SECONDS)
-        if raw is None:
+        if reply is None or reply[1] is None:
             self._release_gate(gated)
             return None
+        status, raw, worker_id = connections.text(reply[0]), bytes(reply[1]), reply[2]
         with self._lock:
             self._inflight += 1
-        return bytes(raw)
+        held = None
+        if status == "ok":
+            held = self.node.claims.hold(connections.text(reply[3]), connections.text(worker_id))
+        return raw, held
 
-    def _run(self, source: str, raw: bytes, gated: bool) -> None:
+    def _move(self, source: str, landing: tuple[str, str]) -> Any:
+        """BLMOVE ``source`` into the ``landing`` list, with fast_clock.lua before it and
+        fast_take.lua behind it, in one round trip: fast_take's reply."""
+        into, clock = landing
+        mark = str(next(self._marks))
+        script_keys, args = self.node.claims.fast_take_args(into, clock, self.processing, mark)
+        (clock_text, clock_sha), (take_text, take_sha) = self._scripts
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.evalsha(clock_sha, 1, clock, mark)
+            pipe.blmove(source, into, BLOCK_SECONDS, "RIGHT", "LEFT")
+            pipe.evalsha(take_sha, len(script_keys), *script_keys, *args)
+            marked, moved, reply = pipe.execute(raise_on_error=False)
+        if isinstance(moved, Exception):
+            raise moved
+        if isinstance(marked, redis.exceptions.NoScriptError):  # Redis lost it (a restart)
+            self.r.script_load(clock_text)  # for the next take; this one goes unmarked
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            try:
+                reply = self.r.eval(take_text, len(script_keys), *script_keys, *args)
+            except redis.ResponseError as exc:
+                reply = exc
+        if isinstance(reply, Exception):  # the message is the node's to claim, as it was
+            log.warning("fast lane: fast_take.lua failed (%s); claiming as usual", reply)
+            if moved is None:
+                return [b"none", None, b""]
+            self.r.lmove(into, self.processing, "RIGHT", "LEFT")
+            return [b"skip", moved, b""]
+        return reply
+
+    def _run(self, source: str, raw: bytes, held: Held | None, gated: bool) -> None:
         self._release_gate(gated)
         try:
-            self._handle(source, raw)
+            self._handle(source, raw, held)
         except Exception:
             log.exception("fast lane: a call failed on the node")
         finally:
+            if held is not None and not held.settled:
+                self.node.claims.hand_back(held)
             self._ended()
 
     def _ended(self) -> None:
@@ -152,7 +203,7 @@ class FastLane:
             self._pending += 1
         return True
 
-    def _handle(self, source: str, raw: bytes) -> None:
+    def _handle(self, source: str, raw: bytes, held: Held | None = None) -> None:
         node = self.node
         call_id, trace = "", dict[str, str]()
         try:
@@ -178,7 +229,7 @@ class FastLane:
                 "snakepit.call_id": call_id, "snakepit.pool": call.pool,
                 "snakepit.node": node.name, "snakepit.lane": "fast",
             }, kind="consumer", context=tracing.extract(trace) if trace else None):
-                result = node.run(call, call_id, on_finish=lambda pipe: self._forget(pipe, raw))
+                result = node.run(call, call_id, forget=(self.processing, raw), preclaimed=held)
             if events is not None:
                 self.events.succeeded(events, call_id, result, time.perf_counter() - began)
         except NodeDraining:
@@ -224,6 +275,10 @@ class FastLane:
             pipe.rpush(source, raw)
             self._forget(pipe, raw)
             pipe.execute()
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def call_of(raw: bytes) -> tuple[str, Call]:

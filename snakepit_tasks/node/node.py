@@ -10,12 +10,11 @@ import socket
 import string
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Ignore, Reject
 
-from .. import connections, dead_letters, hardware, keys, replies, serialization, telemetry
+from .. import connections, dead_letters, hardware, keys, lua, replies, serialization, telemetry
 from .._proto import bridge_pb2 as pb
 from ..call import CLEANUP_COMMAND, Call
 from ..config import PoolConfig, Settings
@@ -37,7 +36,7 @@ from ..telemetry import hooks, tracing
 from ..telemetry.metrics import NodeMetrics
 from ..zero_copy.host import host_id
 from . import lease
-from .claim import Claims, DuplicateCopy, Redirect
+from .claim import Claims, DuplicateCopy, Held, Redirect
 from .fast_lane import FastLane
 from .feed import IntakeFeed, settle
 from .host_tools import HostToolsServer
@@ -100,6 +99,7 @@ class Node:
         )
         self.workers.on_change = self.lease.changed  # status sees calls within moments
         self.claims = Claims(self.redis, settings, pool, name, self.workers)
+        self._finish_call = lua.script(self.redis, "finish_call")
         self.fast_lane = FastLane(self, threads=2 * self.workers.capacity)
         self.feed = IntakeFeed(self.redis, pool.name, name)
         self._shutdown_timer: threading.Timer | None = None
@@ -308,11 +308,14 @@ class Node:
             self.app.backend.mark_as_failure(call_id, error)
 
     def run(
-        self, call: Call, call_id: str, *, on_finish: Callable[[Any], None] | None = None
+        self, call: Call, call_id: str, *, forget: tuple[str, bytes] | None = None,
+        preclaimed: Held | None = None,
     ) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
         tool (streaming its chunks when asked), count it, and push the outcome to the caller
-        when it waits for a direct ``reply``."""
+        when it waits for a direct ``reply``. ``forget``: (list, entry) removed with the outcome
+        (the fast lane's processing entry); ``preclaimed``: the call was claimed when the fast
+        lane took it, for that slot."""
         deadline = float(call.deadline or time.time())
         session_id = call.session_id or ""
         stream, reply = call.stream, call.reply
@@ -321,7 +324,8 @@ class Node:
         claimed = None
         try:
             self._check_requires(call)
-            claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command))
+            claimed = self.claims.take(call, call_id, rerun_ok=self.is_idempotent(call.command),
+                                       held=preclaimed)
             labels = {"call_id": call_id, "tool": call.command, "pool": self.pool.name,
                       "node": self.name, "worker_id": claimed.slot.worker_id,
                       "session_id": session_id}
@@ -352,7 +356,7 @@ class Node:
             self._finish(
                 call_id if reply else None, exc, errors=counted, requests=counted,
                 busy_worker=claimed.slot.worker_id if claimed is not None else None,
-                on_finish=on_finish,
+                forget=forget,
             )
             raise exc from None
         slot = claimed.slot
@@ -402,7 +406,7 @@ class Node:
                 requests=0 if requeued else 1,
                 busy_worker=last.worker_id if last is not None else None,
                 ran=None if requeued else call_id,
-                on_finish=None if requeued else on_finish,
+                forget=None if requeued else forget,
             )
             # The stream's final entry last: a reader that sees it finds the worker free.
             if writer is not None and not requeued:
@@ -493,27 +497,22 @@ class Node:
         requests: int = 1,
         busy_worker: str | None = None,
         ran: str | None = None,
-        on_finish: Callable[[Any], None] | None = None,
+        forget: tuple[str, bytes] | None = None,
     ) -> None:
-        """One round trip after a call, all or nothing (MULTI/EXEC): counters, busy count, the
-        caller's reply, ``on_finish(pipeline)`` (the fast lane clears its processing entry
-        there), and for a call that ran (``ran``: its id) the state ``done:<node>``, so a
-        janitor never gives a call that had its outcome another one."""
+        """One atomic step after a call (``broker/finish_call.lua``): counters, busy count, the
+        caller's reply, ``forget`` (the fast lane's processing entry), and for a call that ran
+        (``ran``: its id) the state ``done:<node>``, so a janitor never gives a call that had
+        its outcome another one."""
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                if requests:
-                    pipe.hincrby(keys.pool_stats(self.pool.name), "requests", requests)
-                if errors:
-                    pipe.hincrby(keys.pool_stats(self.pool.name), "errors", errors)
-                if busy_worker:
-                    pipe.hincrby(keys.busy(self.name), busy_worker, -1)
-                if reply_to:
-                    replies.push(pipe, reply_to, replies.encode_outcome(result, failure))
-                if on_finish is not None:
-                    on_finish(pipe)
-                if ran:
-                    pipe.set(keys.call_state(ran), f"done:{self.name}", xx=True, keepttl=True)
-                pipe.execute()
+            body = replies.encode_outcome(result, failure) if reply_to else b""
+            listed, entry = forget or ("", b"")
+            self._finish_call(
+                keys=[keys.pool_stats(self.pool.name), keys.busy(self.name),
+                      keys.reply(reply_to or ""), keys.call_state(ran or ""),
+                      listed or keys.fast_processing(self.name)],
+                args=[requests, errors, busy_worker or "", "1" if reply_to else "0", body,
+                      replies.REPLY_TTL_SECONDS, entry, f"done:{self.name}" if ran else ""],
+            )
         except Exception:  # bookkeeping must never fail a call; the backend still has it
             log.warning("could not record the end of call %s", reply_to, exc_info=True)
 
