@@ -168,9 +168,9 @@ class Janitor:
         calls in progress likewise (those pinned to it wait for it in its queue)."""
         me, started = self.node.name, self.node.started_at
         settle_intake(self.r, self.pool, me)
-        processing = keys.fast_processing(me)
-        while (raw := self.r.rpop(processing)) is not None:
-            self._handle_fast(bytes(raw), taken=True)  # type: ignore[arg-type]
+        for taken in fast_taken(me):
+            while (raw := self.r.rpop(taken)) is not None:
+                self._handle_fast(bytes(raw), taken=True)  # type: ignore[arg-type]
         self._recover_unacked({me}, started, delivered_before=started)
 
     def _recover_unacked(
@@ -271,10 +271,11 @@ class Janitor:
         return finished and call.reply
 
     def _drain_fast(self, node: str) -> int:
-        """The dead node's fast-lane calls: those it had taken (its processing list), then
-        those pinned to it; returns how many there were."""
+        """The dead node's fast-lane calls: those it had taken (its landing and processing
+        lists), then those pinned to it; returns how many there were."""
         count = 0
-        for key, taken in ((keys.fast_processing(node), True), (keys.fast_node_queue(node), False)):
+        lists = [*((key, True) for key in fast_taken(node)), (keys.fast_node_queue(node), False)]
+        for key, taken in lists:
             while True:
                 raw: Any = self.r.rpop(key)  # oldest first
                 if raw is None:
@@ -362,3 +363,11 @@ def _routing_key(message: dict[str, Any]) -> str:
     info = properties.get("delivery_info") if isinstance(properties, dict) else None
     key = info.get("routing_key") if isinstance(info, dict) else None
     return key if isinstance(key, str) else ""
+
+
+def fast_taken(node: str) -> list[str]:
+    """The lists of fast-lane calls ``node`` had taken: its crews' landing lists (a message
+    is there only between a take's BLMOVE and its script, in one round trip) and its
+    processing list."""
+    return [keys.fast_landing(node, "pool"), keys.fast_landing(node, "node"),
+            keys.fast_processing(node)]

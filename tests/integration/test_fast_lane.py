@@ -132,3 +132,30 @@ def test_a_stopping_node_hands_back_fast_lane_calls_it_has_not_started(chaos_nod
     waiting["thread"].join(90)
     assert isinstance(waiting["value"], dict), waiting["value"]
     assert waiting["value"]["worker_id"].startswith(b.name)
+
+
+def test_a_call_a_killed_node_left_in_its_landing_list_runs_on_another(chaos_node, redis_url):
+    """A take moves a call into its crew's landing list and, in the same round trip, on to
+    the processing list (fast_take.lua). Were the node killed in between, the janitor finds
+    the call in the landing list and re-routes it: it never started."""
+    import time
+    import uuid
+
+    from snakepit_tasks import replies, routing
+
+    a = chaos_node(pool_size=1, env=NODE_ENV)
+    b = chaos_node(pool=a.pool, name=f"{a.pool}-b@itest", pool_size=1, env=NODE_ENV)
+    app = sp.configure(redis_url=redis_url, pools=[a.table], fast_lane=True,
+                       pool_queue_timeout=60_000)
+    r = connections.redis_client(redis_url)
+    os.kill(a.pid, signal.SIGKILL)
+    a.proc.wait(10)
+    call = routing.parse(app.snakepit_settings, ("ping", {}),
+                         {"deadline": time.time() + 60, "reply": True})
+    call_id = str(uuid.uuid4())
+    r.lpush(keys.fast_landing(a.name, "pool"), fast_lane.encode(call_id, call))
+    body = replies.pop(r, call_id, time.time() + 60)
+    assert body is not None, "the janitor re-routed the call and a node answered it"
+    result = replies.outcome(body, app.snakepit_settings)
+    assert result["worker_id"].startswith(b.name + "/")
+    assert r.llen(keys.fast_landing(a.name, "pool")) == 0
