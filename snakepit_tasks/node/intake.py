@@ -15,13 +15,17 @@ A node's consumer also never BRPOPs its queues (a node killed between kombu's BR
 recording of the message as unacknowledged would lose it): it takes messages atomically from
 its staging list into its pulled list (``BLMOVE``), and kombu's unacknowledged record is
 written in the MULTI/EXEC that removes the message from the pulled list. See
-:mod:`snakepit_tasks.node.feed`.
+:mod:`snakepit_tasks.node.feed`. The delivery tag of each such message is kept by task id
+(:data:`delivered`): a call's finish may remove the unacknowledged record itself
+(:mod:`snakepit_tasks.node.celery_finish`), and kombu's acknowledgement then skips Redis.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from queue import Empty
 from typing import TYPE_CHECKING, Any
@@ -47,6 +51,59 @@ _handler: PoisonHandler | None = None
 _feed: IntakeFeed | None = None
 _installed = False
 _kombu_brpop_start: Any = redis_transport.Channel._brpop_start
+
+
+class Delivered:
+    """The kombu delivery tags of the messages this node's consumer took from its pulled
+    list, by task id, with the keys of kombu's unacknowledged record: what a call's finish
+    needs to acknowledge its message in its own MULTI/EXEC. A tag acknowledged that way is
+    remembered until kombu's own acknowledgement, which then only updates kombu's state."""
+
+    #: At most this many of each are kept (the oldest go first): a node holds a few calls.
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: OrderedDict[str, tuple[str, str, str] | None] = OrderedDict()
+        self._acked: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, task_id: str, tag: str, unacked: str, index: str) -> None:
+        """Message ``tag`` of ``task_id`` was recorded unacknowledged in ``unacked``/``index``.
+        Two messages of one task id at once (a copy) are acknowledged by kombu only."""
+        with self._lock:
+            self._tags[task_id] = None if task_id in self._tags else (tag, unacked, index)
+            while len(self._tags) > self.LIMIT:
+                self._tags.popitem(last=False)
+
+    def pop(self, task_id: str) -> tuple[str, str, str] | None:
+        """The (tag, unacked key, index key) of ``task_id``'s message, forgotten here."""
+        with self._lock:
+            return self._tags.pop(task_id, None)
+
+    def acked(self, tag: str) -> None:
+        """``tag``'s unacknowledged record is gone from Redis (a call's finish removed it)."""
+        with self._lock:
+            self._acked[tag] = None
+            while len(self._acked) > self.LIMIT:
+                self._acked.popitem(last=False)
+
+    def take_acked(self, tag: str) -> bool:
+        """Whether ``tag`` was acknowledged in Redis already (then forgotten here)."""
+        with self._lock:
+            return self._acked.pop(tag, 0) is None
+
+
+#: This process's delivered messages (one consumer per node process).
+delivered = Delivered()
+
+
+def _sync_client(channel: Any) -> Any:
+    """One client per channel on its connection pool (kombu makes a new one per command)."""
+    pool = channel.pool
+    client = getattr(channel, "_snakepit_client", None)
+    if client is None or client.connection_pool is not pool:
+        client = channel._snakepit_client = channel._create_client()
+    return client
 
 
 def check_entry(raw: bytes | str) -> dict[str, Any]:
@@ -144,16 +201,30 @@ def _append(self: Any, message: Any, delivery_tag: Any) -> None:
         return
     key, raw = pulled
     delivery = message.delivery_info
-    with self.pipe_or_acquire() as pipe:
-        pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-        pipe.hset(self.unacked_key, delivery_tag,
+    unacked, index = self.unacked_key, self.unacked_index_key
+    with _sync_client(self.channel).pipeline() as pipe:
+        pipe.zadd(index, {delivery_tag: time.time()})
+        pipe.hset(unacked, delivery_tag,
                   dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
         pipe.lrem(key, 1, raw)
         pipe.execute()
-        base.QoS.append(self, message, delivery_tag)
+    base.QoS.append(self, message, delivery_tag)
+    task_id = (message.headers or {}).get("id")
+    if isinstance(task_id, str) and task_id:
+        delivered.add(task_id, delivery_tag, unacked, index)
 
 
 _kombu_append: Any = redis_transport.QoS.append
+_acknowledge: Any = redis_transport.QoS.ack
+
+
+def _ack(self: Any, delivery_tag: Any) -> None:
+    """kombu's QoS.ack; for a message whose call's finish removed its unacknowledged record
+    already, kombu's in-process state only."""
+    if delivered.take_acked(delivery_tag):
+        base.QoS.ack(self, delivery_tag)
+        return
+    _acknowledge(self, delivery_tag)
 
 
 def _brpop_read(self: Any, **options: Any) -> bool:
@@ -208,7 +279,7 @@ def install(on_poison: PoisonHandler, feed: IntakeFeed | None = None) -> None:
     """Guard this process's kombu Redis channels (nodes only); ``on_poison`` is told about
     each refused entry. With ``feed``, channels that consume only the node's queues take
     their messages from it (see :mod:`snakepit_tasks.node.feed`)."""
-    global _handler, _feed, _installed
+    global _handler, _feed, _installed, _acknowledge
     _handler = on_poison
     _feed = feed
     if feed is not None:
@@ -219,4 +290,6 @@ def install(on_poison: PoisonHandler, feed: IntakeFeed | None = None) -> None:
     redis_transport.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
     redis_transport.Channel._get = _get  # type: ignore[method-assign]
     redis_transport.QoS.append = _append  # type: ignore[method-assign]
+    _acknowledge = redis_transport.QoS.ack  # kombu's, or kombu_fixes' guard around it
+    redis_transport.QoS.ack = _ack  # type: ignore[method-assign]
     _installed = True

@@ -37,6 +37,7 @@ from ..telemetry import hooks, tracing
 from ..telemetry.metrics import NodeMetrics
 from ..zero_copy.host import host_id
 from . import lease
+from .celery_finish import CeleryOutcome
 from .claim import Claims, DuplicateCopy, Redirect
 from .fast_lane import FastLane
 from .feed import IntakeFeed, settle
@@ -240,7 +241,8 @@ class Node:
             with tracing.span(f"snakepit.node {call.command}", {
                 "snakepit.call_id": call_id, "snakepit.pool": call.pool, "snakepit.node": self.name,
             }):
-                return self.run(call, call_id)
+                return self.run(call, call_id,
+                                celery=CeleryOutcome(task, call_id, self.settings))
         except DuplicateCopy as copy:
             # The live node that started this call answers it; this copy leaves no trace.
             log.debug("dropping a copy of call %s (started by %s)", call_id, copy.holder)
@@ -305,11 +307,14 @@ class Node:
             self.app.backend.mark_as_failure(call_id, error)
 
     def run(
-        self, call: Call, call_id: str, *, on_finish: Callable[[Any], None] | None = None
+        self, call: Call, call_id: str, *, on_finish: Callable[[Any], None] | None = None,
+        celery: CeleryOutcome | None = None,
     ) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
         tool (streaming its chunks when asked), count it, and push the outcome to the caller
-        when it waits for a direct ``reply``."""
+        when it waits for a direct ``reply``; a Celery-lane call's result and acknowledgement
+        (``celery``) go into the same finish when they can
+        (:mod:`snakepit_tasks.node.celery_finish`)."""
         deadline = float(call.deadline or time.time())
         session_id = call.session_id or ""
         stream, reply = call.stream, call.reply
@@ -349,7 +354,7 @@ class Node:
             self._finish(
                 call_id if reply else None, exc, errors=counted, requests=counted,
                 busy_worker=claimed.slot.worker_id if claimed is not None else None,
-                on_finish=on_finish,
+                on_finish=on_finish, celery=celery,
             )
             raise exc from None
         slot = claimed.slot
@@ -400,6 +405,7 @@ class Node:
                 busy_worker=last.worker_id if last is not None else None,
                 ran=None if requeued else call_id,
                 on_finish=None if requeued else on_finish,
+                celery=None if requeued else celery,
             )
             # The stream's final entry last: a reader that sees it finds the worker free.
             if writer is not None and not requeued:
@@ -491,11 +497,13 @@ class Node:
         busy_worker: str | None = None,
         ran: str | None = None,
         on_finish: Callable[[Any], None] | None = None,
+        celery: CeleryOutcome | None = None,
     ) -> None:
         """One round trip after a call, all or nothing (MULTI/EXEC): counters, busy count, the
         caller's reply, ``on_finish(pipeline)`` (the fast lane clears its processing entry
-        there), and for a call that ran (``ran``: its id) the state ``done:<node>``, so a
-        janitor never gives a call that had its outcome another one."""
+        there), a Celery-lane call's result entry and acknowledgement (``celery``), and for
+        a call that ran (``ran``: its id) the state ``done:<node>``, so a janitor never gives
+        a call that had its outcome another one."""
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 if requests:
@@ -510,7 +518,10 @@ class Node:
                     on_finish(pipe)
                 if ran:
                     pipe.set(keys.call_state(ran), f"done:{self.name}", xx=True, keepttl=True)
+                folded = celery is not None and celery.into(pipe, result, failure)
                 pipe.execute()
+            if celery is not None and folded:
+                celery.recorded()
         except Exception:  # bookkeeping must never fail a call; the backend still has it
             log.warning("could not record the end of call %s", reply_to, exc_info=True)
 
