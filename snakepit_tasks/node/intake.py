@@ -156,23 +156,37 @@ def _brpop_start(self: Any, timeout: Any = None) -> None:
         timeout = self.brpop_timeout
     if not self._queue_cycle.consume(len(self.active_queues)):
         return None
-    self._in_poll = self.client.connection
+    connection = self.client.connection
+    feed.consumer_id = _client_id(connection)
+    source = feed.next_wait()
+    self._in_poll = connection
     self._brpop_sent_at = time.monotonic()
-    self._snakepit_fed = feed
-    feed.wanted.set()
-    self.client.connection.send_command(
-        "BLMOVE", feed.staging, feed.pulled, "RIGHT", "LEFT", timeout or 0)
+    self._snakepit_fed = (feed, source)
+    connection.send_command("BLMOVE", source, feed.pulled, "RIGHT", "LEFT", timeout or 0)
     return None
 
 
-def _fed_read(self: Any, feed: IntakeFeed, **options: Any) -> bool:
+def _client_id(connection: Any) -> int:
+    """The Redis client id of ``connection`` (asked once per socket)."""
+    if connection._sock is None:
+        connection.connect()
+    sock = connection._sock
+    if getattr(connection, "_snakepit_sock", None) is not sock:
+        connection.send_command("CLIENT", "ID")
+        connection._snakepit_client_id = int(connection.read_response())
+        connection._snakepit_sock = sock
+    return int(connection._snakepit_client_id)
+
+
+def _fed_read(self: Any, feed: IntakeFeed, source: str, **options: Any) -> bool:
+    item = None
     try:
         item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
     except self.connection_errors:
         self.client.connection.disconnect()
         raise
     finally:
-        feed.wanted.clear()
+        feed.waited(source, item is not None)
     if item is None:
         raise Empty()
     item = bytes(item)
@@ -228,11 +242,11 @@ def _ack(self: Any, delivery_tag: Any) -> None:
 
 
 def _brpop_read(self: Any, **options: Any) -> bool:
-    feed = getattr(self, "_snakepit_fed", None)
-    if feed is not None:
+    fed = getattr(self, "_snakepit_fed", None)
+    if fed is not None:
         self._snakepit_fed = None
         try:
-            return _fed_read(self, feed, **options)
+            return _fed_read(self, *fed, **options)
         finally:
             self._in_poll = None
             flush = getattr(self, "_flush_brpop_reauth", None)
