@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 from celery.utils.saferepr import saferepr
 from kombu.exceptions import EncodeError
 
-from . import connections, keys, routing, telemetry
+from . import connections, keys, kombu_redis, routing, telemetry
 from .call import TASK_NAME, Call, _check_name
 from .connections import redis_errors_as_snakepit
 from .errors import ConfigurationError, SerializationError, SnakepitError
@@ -59,6 +59,8 @@ class ExecuteTask(Task):
         if job is not None:
             _check_name("job", job)
         settings = self.app.snakepit_settings
+        if not _clients_reused:
+            _reuse_clients()
         with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
             route = routing.prepare(settings, args, kwargs, admission)
             options.setdefault("queue", route.queue)
@@ -74,6 +76,16 @@ class ExecuteTask(Task):
             "call_id": result.id, "tool": call.command, "pool": call.pool,
             "queue": route.queue.name, "session_id": call.session_id, "stream": call.stream})
         return result
+
+
+_clients_reused = False
+
+
+def _reuse_clients() -> None:
+    """Once per process that sends calls: kombu's publish reuses one client per channel."""
+    global _clients_reused
+    kombu_redis.reuse_clients()
+    _clients_reused = True
 
 
 def call_preview(call: Call) -> str:

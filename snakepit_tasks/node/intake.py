@@ -36,7 +36,13 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
 from ..call import TASK_NAME
-from ..kombu_redis import UndecodableMessage, decode_message, message_id
+from ..kombu_redis import (
+    UndecodableMessage,
+    channel_client,
+    decode_message,
+    message_id,
+    reuse_clients,
+)
 from .feed import source_of
 
 if TYPE_CHECKING:
@@ -95,15 +101,6 @@ class Delivered:
 
 #: This process's delivered messages (one consumer per node process).
 delivered = Delivered()
-
-
-def _sync_client(channel: Any) -> Any:
-    """One client per channel on its connection pool (kombu makes a new one per command)."""
-    pool = channel.pool
-    client = getattr(channel, "_snakepit_client", None)
-    if client is None or client.connection_pool is not pool:
-        client = channel._snakepit_client = channel._create_client()
-    return client
 
 
 def check_entry(raw: bytes | str) -> dict[str, Any]:
@@ -216,7 +213,7 @@ def _append(self: Any, message: Any, delivery_tag: Any) -> None:
     key, raw = pulled
     delivery = message.delivery_info
     unacked, index = self.unacked_key, self.unacked_index_key
-    with _sync_client(self.channel).pipeline() as pipe:
+    with channel_client(self.channel).pipeline() as pipe:
         pipe.zadd(index, {delivery_tag: time.time()})
         pipe.hset(unacked, delivery_tag,
                   dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
@@ -300,6 +297,7 @@ def install(on_poison: PoisonHandler, feed: IntakeFeed | None = None) -> None:
         feed.check = lambda queue, raw: _accept(None, raw, queue) is not None
     if _installed:
         return
+    reuse_clients()
     redis_transport.Channel._brpop_start = _brpop_start  # type: ignore[method-assign]
     redis_transport.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
     redis_transport.Channel._get = _get  # type: ignore[method-assign]

@@ -101,3 +101,17 @@ def test_a_re_encoded_message_is_delivered_with_its_new_arguments(
 def test_anything_else_is_an_undecodable_message(raw: bytes) -> None:
     with pytest.raises(kombu_redis.UndecodableMessage):
         kombu_redis.decode_message(raw)
+
+
+def test_a_channel_reuses_one_client_and_still_publishes(app: Any, redis_url: str) -> None:
+    kombu_redis.reuse_clients()
+    r = connections.redis_client(redis_url)
+    queue = fresh_queue()
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.connection_pool is channel.pool
+        sent = app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(queue))
+    message, _ = kombu_redis.decode_message(r.lindex(queue, 0))
+    assert kombu_redis.message_id(message) == sent.id
+    r.delete(queue)
