@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 from kombu.transport.redis import Channel
+from kombu.utils.json import dumps
 
 #: Suffixes of the lists that hold one queue's messages, priority 0 first.
 PRIORITY_SUFFIXES = tuple(
@@ -45,11 +47,39 @@ def _conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
     yield client if client else channel_client(self)
 
 
-def reuse_clients() -> None:
+_local = threading.local()
+_kombu_put: Any = Channel._put
+
+
+@contextmanager
+def pushing(queue: str, push: Callable[[str, str], None]) -> Iterator[None]:
+    """While inside, this thread's next kombu publish to ``queue`` calls ``push(list, raw
+    message)`` instead of its ``LPUSH`` to that list (a retried publish calls it again); one
+    whose channel has a key prefix, a queue expiry or a publish batch is kombu's as usual."""
+    _local.push = (queue, push)
+    try:
+        yield
+    finally:
+        _local.push = None
+
+
+def _put(self: Any, queue: str, message: Any, **kwargs: Any) -> None:
+    pending = getattr(_local, "push", None)
+    if (pending is None or pending[0] != queue or self.global_keyprefix
+            or "_publish_batch" in kwargs or (self._expires and queue in self._expires)):
+        _kombu_put(self, queue, message, **kwargs)
+        return
+    pending[1](self._q_for_pri(queue, self._get_message_priority(message, reverse=False)),
+               dumps(message))
+    _local.push = None
+
+
+def install() -> None:
     """Make kombu's Redis channels of this process reuse one client each
-    (``Channel.conn_or_acquire``: the publish's LPUSH, the unacked record, the ack); the
-    commands and connections are kombu's own. Idempotent."""
+    (``Channel.conn_or_acquire``: the publish's LPUSH, the unacked record, the ack), and
+    honour :func:`pushing` in their publish (``Channel._put``). Idempotent."""
     Channel.conn_or_acquire = _conn_or_acquire  # type: ignore[method-assign]
+    Channel._put = _put  # type: ignore[method-assign]
 
 
 class UndecodableMessage(ValueError):

@@ -35,13 +35,13 @@ from kombu.transport.virtual import base
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
+from .. import kombu_redis
 from ..call import TASK_NAME
 from ..kombu_redis import (
     UndecodableMessage,
     channel_client,
     decode_message,
     message_id,
-    reuse_clients,
 )
 from .feed import source_of
 
@@ -297,7 +297,7 @@ def install(on_poison: PoisonHandler, feed: IntakeFeed | None = None) -> None:
         feed.check = lambda queue, raw: _accept(None, raw, queue) is not None
     if _installed:
         return
-    reuse_clients()
+    kombu_redis.install()
     redis_transport.Channel._brpop_start = _brpop_start  # type: ignore[method-assign]
     redis_transport.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
     redis_transport.Channel._get = _get  # type: ignore[method-assign]

@@ -104,7 +104,7 @@ def test_anything_else_is_an_undecodable_message(raw: bytes) -> None:
 
 
 def test_a_channel_reuses_one_client_and_still_publishes(app: Any, redis_url: str) -> None:
-    kombu_redis.reuse_clients()
+    kombu_redis.install()
     r = connections.redis_client(redis_url)
     queue = fresh_queue()
     with Connection(redis_url) as conn:
