@@ -115,3 +115,26 @@ def test_a_channel_reuses_one_client_and_still_publishes(app: Any, redis_url: st
     message, _ = kombu_redis.decode_message(r.lindex(queue, 0))
     assert kombu_redis.message_id(message) == sent.id
     r.delete(queue)
+
+
+def test_pushing_hands_the_publish_to_the_push_once(app: Any, redis_url: str) -> None:
+    kombu_redis.install()
+    r = connections.redis_client(redis_url)
+    queue, other = fresh_queue(), fresh_queue()
+    pushed: list[tuple[str, str]] = []
+
+    def push(target: str, raw: str) -> None:
+        pushed.append((target, raw))
+        r.lpush(target, raw)
+
+    with kombu_redis.pushing(queue, push):
+        app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(other))
+        sent = app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(queue),
+                             priority=6)
+        again = app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(queue))
+    assert [target for target, _ in pushed] == [queue + kombu_redis.PRIORITY_SUFFIXES[2]]
+    message, _ = kombu_redis.decode_message(pushed[0][1])
+    assert kombu_redis.message_id(message) == sent.id
+    assert kombu_redis.queue_length(r, queue) == 2 and kombu_redis.queue_length(r, other) == 1
+    assert kombu_redis.message_id(kombu_redis.decode_message(r.lindex(queue, 0))[0]) == again.id
+    r.delete(other, *(queue + s for s in kombu_redis.PRIORITY_SUFFIXES))
