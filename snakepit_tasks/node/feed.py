@@ -177,7 +177,9 @@ class IntakeFeed:
         deadline = time.monotonic() + BLOCK_SECONDS
         while self._returned < wait and not self._stop.is_set():
             consumer = self.consumer_id
-            if consumer is not None and self.r.client_unblock(consumer):
+            if consumer is None:
+                return  # it cannot be woken (see intake._client_id): its wait times out
+            if self.r.client_unblock(consumer):
                 return
             if time.monotonic() > deadline:
                 return  # its wait times out by itself

@@ -34,6 +34,7 @@ from kombu.transport import redis as redis_transport
 from kombu.transport.virtual import base
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
+from redis.exceptions import ResponseError
 
 from .. import kombu_redis
 from ..call import TASK_NAME
@@ -163,16 +164,22 @@ def _brpop_start(self: Any, timeout: Any = None) -> None:
     return None
 
 
-def _client_id(connection: Any) -> int:
-    """The Redis client id of ``connection`` (asked once per socket)."""
+def _client_id(connection: Any) -> int | None:
+    """The Redis client id of ``connection`` (asked once per socket); None where Redis
+    refuses CLIENT (an ACL): the feeder cannot wake the consumer then, whose wait on the pool
+    queue ends by its timeout (``brpop_timeout``) before it takes a staged message."""
     if connection._sock is None:
         connection.connect()
     sock = connection._sock
     if getattr(connection, "_snakepit_sock", None) is not sock:
         connection.send_command("CLIENT", "ID")
-        connection._snakepit_client_id = int(connection.read_response())
+        try:
+            connection._snakepit_client_id = int(connection.read_response())
+        except ResponseError:
+            connection._snakepit_client_id = None
         connection._snakepit_sock = sock
-    return int(connection._snakepit_client_id)
+    found = connection._snakepit_client_id
+    return None if found is None else int(found)
 
 
 def _fed_read(self: Any, feed: IntakeFeed, source: str, **options: Any) -> bool:
