@@ -72,11 +72,9 @@ class ExecuteTask(Task):
             options.setdefault("kwargsrepr", call_preview(route.call))
             task_id = options.setdefault("task_id", str(uuid.uuid4()))
             try:
-                if push is None:
+                # With push: routed, checked and pushed in the publish's one round trip.
+                with kombu_redis.pushing(route.queue.name, push):
                     result = super().apply_async((), route.call.to_kwargs(), **options)
-                else:  # routed, checked and pushed in the publish's one round trip
-                    with kombu_redis.pushing(route.queue.name, push):
-                        result = super().apply_async((), route.call.to_kwargs(), **options)
             except EncodeError as exc:
                 raise SerializationError(f"the call could not be encoded: {exc}") from None
             except SnakepitError:
@@ -107,8 +105,8 @@ _installed = False
 
 
 def _install() -> None:
-    """Once per process that sends calls: kombu's publish reuses one client per channel and
-    honours :func:`kombu_redis.pushing`."""
+    """Once per process that sends calls: kombu's publish of a call reuses one client per
+    channel and honours :func:`kombu_redis.pushing`."""
     global _installed
     kombu_redis.install()
     _installed = True

@@ -44,23 +44,30 @@ def channel_client(channel: Any) -> Any:
 
 @contextmanager
 def _conn_or_acquire(self: Any, client: Any = None) -> Iterator[Any]:
-    yield client if client else channel_client(self)
+    if client:
+        yield client
+    elif _everywhere or getattr(_local, "ours", False):
+        yield channel_client(self)
+    else:  # another app's publish in a caller process: kombu's own way
+        yield self._create_client()
 
 
 _local = threading.local()
+_everywhere = False
 _kombu_put: Any = Channel._put
 
 
 @contextmanager
-def pushing(queue: str, push: Callable[[str, str], None]) -> Iterator[None]:
-    """While inside, this thread's next kombu publish to ``queue`` calls ``push(list, raw
-    message)`` instead of its ``LPUSH`` to that list (a retried publish calls it again); one
-    whose channel has a key prefix, a queue expiry or a publish batch is kombu's as usual."""
-    _local.push = (queue, push)
+def pushing(queue: str, push: Callable[[str, str], None] | None = None) -> Iterator[None]:
+    """While inside, this thread's kombu publishes reuse their channel's client, and (with
+    ``push``) its next publish to ``queue`` calls ``push(list, raw message)`` instead of its
+    ``LPUSH`` to that list (a retried publish calls it again); one whose channel has a key
+    prefix, a queue expiry or a publish batch is kombu's as usual."""
+    _local.ours, _local.push = True, (queue, push) if push is not None else None
     try:
         yield
     finally:
-        _local.push = None
+        _local.ours, _local.push = False, None
 
 
 def _put(self: Any, queue: str, message: Any, **kwargs: Any) -> None:
@@ -74,10 +81,13 @@ def _put(self: Any, queue: str, message: Any, **kwargs: Any) -> None:
     _local.push = None
 
 
-def install() -> None:
-    """Make kombu's Redis channels of this process reuse one client each
-    (``Channel.conn_or_acquire``: the publish's LPUSH, the unacked record, the ack), and
-    honour :func:`pushing` in their publish (``Channel._put``). Idempotent."""
+def install(everywhere: bool = False) -> None:
+    """Make kombu's Redis channels reuse one client each (``Channel.conn_or_acquire``: the
+    publish's LPUSH, the unacked record, the ack) inside :func:`pushing`, or in every channel
+    of the process with ``everywhere`` (a node: all its channels are snakepit's), and honour
+    :func:`pushing`'s push in their publish (``Channel._put``). Idempotent."""
+    global _everywhere
+    _everywhere = _everywhere or everywhere
     Channel.conn_or_acquire = _conn_or_acquire  # type: ignore[method-assign]
     Channel._put = _put  # type: ignore[method-assign]
 

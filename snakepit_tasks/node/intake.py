@@ -304,7 +304,7 @@ def install(on_poison: PoisonHandler, feed: IntakeFeed | None = None) -> None:
         feed.check = lambda queue, raw: _accept(None, raw, queue) is not None
     if _installed:
         return
-    kombu_redis.install()
+    kombu_redis.install(everywhere=True)
     redis_transport.Channel._brpop_start = _brpop_start  # type: ignore[method-assign]
     redis_transport.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
     redis_transport.Channel._get = _get  # type: ignore[method-assign]

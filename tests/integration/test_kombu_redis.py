@@ -103,15 +103,21 @@ def test_anything_else_is_an_undecodable_message(raw: bytes) -> None:
         kombu_redis.decode_message(raw)
 
 
-def test_a_channel_reuses_one_client_and_still_publishes(app: Any, redis_url: str) -> None:
+def test_a_channel_reuses_one_client_in_a_snakepit_send_and_still_publishes(
+    app: Any, redis_url: str,
+) -> None:
     kombu_redis.install()
     r = connections.redis_client(redis_url)
     queue = fresh_queue()
     with Connection(redis_url) as conn:
         channel = conn.default_channel
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
-            assert first is second and first.connection_pool is channel.pool
-        sent = app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(queue))
+            assert first is not second  # outside a snakepit send: kombu's own way
+        with kombu_redis.pushing(queue):
+            with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+                assert first is second and first.connection_pool is channel.pool
+            sent = app.send_task(TASK_NAME, kwargs={"command": "ping"},
+                                 queue=declare_queue(queue))
     message, _ = kombu_redis.decode_message(r.lindex(queue, 0))
     assert kombu_redis.message_id(message) == sent.id
     r.delete(queue)
