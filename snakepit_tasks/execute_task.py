@@ -6,7 +6,10 @@ node's business (``app.snakepit_node``), so a caller never loads node code.
 
 from __future__ import annotations
 
+import functools
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -14,11 +17,13 @@ from celery.result import AsyncResult
 from celery.utils.saferepr import saferepr
 from kombu.exceptions import EncodeError
 
-from . import connections, keys, routing, telemetry
+from . import connections, keys, kombu_redis, routing, telemetry
 from .call import TASK_NAME, Call, _check_name
 from .connections import redis_errors_as_snakepit
 from .errors import ConfigurationError, SerializationError, SnakepitError
+from .queues import declare_queue
 from .serialization.redact import redact
+from .zero_copy import process as zero_copy_process
 
 EXECUTE = TASK_NAME
 #: How many runs of one named job are remembered (see :mod:`snakepit_tasks.jobs`).
@@ -59,14 +64,23 @@ class ExecuteTask(Task):
         if job is not None:
             _check_name("job", job)
         settings = self.app.snakepit_settings
+        if not _installed:
+            _install()
         with redis_errors_as_snakepit("sending the call", settings.redis_url, settings.broker):
-            route = routing.prepare(settings, args, kwargs, admission)
+            route, push = _route(settings, args, kwargs, admission, "queue" in options)
             options.setdefault("queue", route.queue)
             options.setdefault("kwargsrepr", call_preview(route.call))
+            task_id = options.setdefault("task_id", str(uuid.uuid4()))
             try:
-                result = super().apply_async((), route.call.to_kwargs(), **options)
+                # With push: routed, checked and pushed in the publish's one round trip.
+                with kombu_redis.pushing(route.queue.name, push):
+                    result = super().apply_async((), route.call.to_kwargs(), **options)
             except EncodeError as exc:
                 raise SerializationError(f"the call could not be encoded: {exc}") from None
+            except SnakepitError:
+                if push is not None:  # refused by the routing in the publish: not sent
+                    self._not_sent(route.call, task_id)
+                raise
             if job is not None:
                 _record_job(settings, job, result.id, route.call)
         call = route.call
@@ -74,6 +88,47 @@ class ExecuteTask(Task):
             "call_id": result.id, "tool": call.command, "pool": call.pool,
             "queue": route.queue.name, "session_id": call.session_id, "stream": call.stream})
         return result
+
+    def _not_sent(self, call: Call, task_id: str) -> None:
+        """A call refused in its publish: its large arguments are freed, and the result
+        subscription Celery opened for it is closed."""
+        zero_copy_process.discard_own(call.args)
+        consumer = getattr(self.backend, "result_consumer", None)
+        if consumer is not None:
+            try:
+                consumer.cancel_for(task_id)
+            except Exception:
+                pass
+
+
+_installed = False
+
+
+def _install() -> None:
+    """Once per process that sends calls: kombu's publish of a call reuses one client per
+    channel and honours :func:`kombu_redis.pushing`."""
+    global _installed
+    kombu_redis.install()
+    _installed = True
+
+
+def _route(
+    settings: Any, args: Any, kwargs: Any, admission: Any, queue_given: bool
+) -> tuple[routing.Route, Callable[[str, str], None] | None]:
+    """The call's route; for a plain call to its pool's queue (no session, nothing required
+    of the host, no queue given, the broker on snakepit's Redis) the routing is left to the
+    publish (``push``: :func:`routing.push_plain`), else it is done now."""
+    call = routing.parse(settings, args, kwargs)
+    if (not queue_given and settings.broker == settings.redis_url
+            and routing.is_plain(settings, call)):
+        pool = call.pool or settings.default_pool_name
+        route = routing.Route(call=call, queue=declare_queue(keys.pool_queue(pool)))
+        return route, functools.partial(routing.push_plain, settings, call, admission)
+    try:
+        return routing.route(settings, call, admission), None
+    except BaseException:
+        zero_copy_process.discard_own(call.args)  # not sent: its large arguments are freed
+        raise
 
 
 def call_preview(call: Call) -> str:

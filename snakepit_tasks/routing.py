@@ -188,6 +188,37 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
     return Route(call=call, queue=declare_queue(queue_name), node=node)
 
 
+def push_plain(
+    settings: Settings, call: Call, admission: Admission | None, target: str, message: str
+) -> None:
+    """Route and send a call :func:`is_plain` says goes to its pool's queue, in one round
+    trip: ``broker/fast_send.lua`` admits it (``admission``), checks that a node serves the
+    pool and that fewer than ``pool_max_queue_size`` calls wait (both lanes), and LPUSHes the
+    Celery ``message`` to ``target`` (the queue's list for its priority). Raises what
+    :func:`route` raises (CircuitOpen, NoWorkersAvailable, QueueFull), having pushed nothing."""
+    pool = call.pool or settings.default_pool_name
+    queue_name = keys.pool_queue(pool)
+    r = connections.redis_client(settings.redis_url)
+    if admission is not None:
+        breaker_keys, breaker_args = admission.breaker.keys, admission.breaker.argv(admission.op)
+    else:
+        breaker_keys = [keys.circuit(pool), keys.circuit_trials(pool)]
+        breaker_args = ["", 0, 0, 0, "", 0]
+    counted = [name for name in kombu_redis.queue_lists(queue_name) if name != target]
+    # KEYS[5], the reply list, is not used: no BLPOP follows (ARGV[9] '0').
+    script_keys = [*breaker_keys, target, keys.pool_alive(pool), target,
+                   *counted, keys.fast_pool_queue(pool)]
+    script_args = [*breaker_args, settings.pool_max_queue_size, message, "0", 0]
+    reply = lua.script(r, "fast_send")(keys=script_keys, args=script_args)
+    status, waiting = connections.text(reply[0]), int(reply[1])
+    if admission is not None:
+        admission.settle(reply[2])  # CircuitOpen when it refused
+    if status == "gone":
+        raise missing_pool_error(settings, r, pool)
+    if status == "full":
+        raise queue_full(settings, r, pool, queue_name, waiting)
+
+
 def _lengths_into(pipe: Any, queue: str, fast_queue: str) -> None:
     """Queue the LLENs whose sum is how many calls wait for one destination, on both lanes."""
     kombu_redis.queue_length_into(pipe, queue)

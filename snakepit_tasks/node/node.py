@@ -36,6 +36,7 @@ from ..telemetry import hooks, tracing
 from ..telemetry.metrics import NodeMetrics
 from ..zero_copy.host import host_id
 from . import lease
+from .celery_finish import CeleryOutcome
 from .claim import Claims, DuplicateCopy, Held, Redirect
 from .fast_lane import FastLane
 from .feed import IntakeFeed, settle
@@ -243,7 +244,8 @@ class Node:
             with tracing.span(f"snakepit.node {call.command}", {
                 "snakepit.call_id": call_id, "snakepit.pool": call.pool, "snakepit.node": self.name,
             }):
-                return self.run(call, call_id)
+                return self.run(call, call_id,
+                                celery=CeleryOutcome(task, call_id, self.settings))
         except DuplicateCopy as copy:
             # The live node that started this call answers it; this copy leaves no trace.
             log.debug("dropping a copy of call %s (started by %s)", call_id, copy.holder)
@@ -309,13 +311,15 @@ class Node:
 
     def run(
         self, call: Call, call_id: str, *, forget: tuple[str, bytes] | None = None,
-        preclaimed: Held | None = None,
+        preclaimed: Held | None = None, celery: CeleryOutcome | None = None,
     ) -> Any:
         """Run one call: take a slot (honouring the session and the queue timeout), run the
         tool (streaming its chunks when asked), count it, and push the outcome to the caller
         when it waits for a direct ``reply``. ``forget``: (list, entry) removed with the outcome
         (the fast lane's processing entry); ``preclaimed``: the call was claimed when the fast
-        lane took it, for that slot."""
+        lane took it, for that slot; ``celery``: a Celery-lane call's result and
+        acknowledgement, which go into the same finish when they can
+        (:mod:`snakepit_tasks.node.celery_finish`)."""
         deadline = float(call.deadline or time.time())
         session_id = call.session_id or ""
         stream, reply = call.stream, call.reply
@@ -356,7 +360,7 @@ class Node:
             self._finish(
                 call_id if reply else None, exc, errors=counted, requests=counted,
                 busy_worker=claimed.slot.worker_id if claimed is not None else None,
-                forget=forget,
+                forget=forget, celery=celery,
             )
             raise exc from None
         slot = claimed.slot
@@ -407,6 +411,7 @@ class Node:
                 busy_worker=last.worker_id if last is not None else None,
                 ran=None if requeued else call_id,
                 forget=None if requeued else forget,
+                celery=None if requeued else celery,
             )
             # The stream's final entry last: a reader that sees it finds the worker free.
             if writer is not None and not requeued:
@@ -498,21 +503,32 @@ class Node:
         busy_worker: str | None = None,
         ran: str | None = None,
         forget: tuple[str, bytes] | None = None,
+        celery: CeleryOutcome | None = None,
     ) -> None:
         """One atomic step after a call (``broker/finish_call.lua``): counters, busy count, the
         caller's reply, ``forget`` (the fast lane's processing entry), and for a call that ran
         (``ran``: its id) the state ``done:<node>``, so a janitor never gives a call that had
-        its outcome another one."""
+        its outcome another one. A Celery-lane call's result entry and acknowledgement
+        (``celery``) ride in the same MULTI/EXEC with the script, all or nothing."""
         try:
             body = replies.encode_outcome(result, failure) if reply_to else b""
             listed, entry = forget or ("", b"")
-            self._finish_call(
-                keys=[keys.pool_stats(self.pool.name), keys.busy(self.name),
-                      keys.reply(reply_to or ""), keys.call_state(ran or ""),
-                      listed or keys.fast_processing(self.name)],
-                args=[requests, errors, busy_worker or "", "1" if reply_to else "0", body,
-                      replies.REPLY_TTL_SECONDS, entry, f"done:{self.name}" if ran else ""],
-            )
+            finish = {
+                "keys": [keys.pool_stats(self.pool.name), keys.busy(self.name),
+                         keys.reply(reply_to or ""), keys.call_state(ran or ""),
+                         listed or keys.fast_processing(self.name)],
+                "args": [requests, errors, busy_worker or "", "1" if reply_to else "0", body,
+                         replies.REPLY_TTL_SECONDS, entry, f"done:{self.name}" if ran else ""],
+            }
+            if celery is None:
+                self._finish_call(**finish)
+                return
+            with self.redis.pipeline(transaction=True) as pipe:
+                self._finish_call(**finish, client=pipe)
+                folded = celery.into(pipe, result, failure)
+                pipe.execute()
+            if folded:
+                celery.recorded()
         except Exception:  # bookkeeping must never fail a call; the backend still has it
             log.warning("could not record the end of call %s", reply_to, exc_info=True)
 

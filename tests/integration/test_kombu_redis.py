@@ -101,3 +101,46 @@ def test_a_re_encoded_message_is_delivered_with_its_new_arguments(
 def test_anything_else_is_an_undecodable_message(raw: bytes) -> None:
     with pytest.raises(kombu_redis.UndecodableMessage):
         kombu_redis.decode_message(raw)
+
+
+def test_a_channel_reuses_one_client_in_a_snakepit_send_and_still_publishes(
+    app: Any, redis_url: str,
+) -> None:
+    kombu_redis.install()
+    r = connections.redis_client(redis_url)
+    queue = fresh_queue()
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is not second  # outside a snakepit send: kombu's own way
+        with kombu_redis.pushing(queue):
+            with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+                assert first is second and first.connection_pool is channel.pool
+            sent = app.send_task(TASK_NAME, kwargs={"command": "ping"},
+                                 queue=declare_queue(queue))
+    message, _ = kombu_redis.decode_message(r.lindex(queue, 0))
+    assert kombu_redis.message_id(message) == sent.id
+    r.delete(queue)
+
+
+def test_pushing_hands_the_publish_to_the_push_once(app: Any, redis_url: str) -> None:
+    kombu_redis.install()
+    r = connections.redis_client(redis_url)
+    queue, other = fresh_queue(), fresh_queue()
+    pushed: list[tuple[str, str]] = []
+
+    def push(target: str, raw: str) -> None:
+        pushed.append((target, raw))
+        r.lpush(target, raw)
+
+    with kombu_redis.pushing(queue, push):
+        app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(other))
+        sent = app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(queue),
+                             priority=6)
+        again = app.send_task(TASK_NAME, kwargs={"command": "ping"}, queue=declare_queue(queue))
+    assert [target for target, _ in pushed] == [queue + kombu_redis.PRIORITY_SUFFIXES[2]]
+    message, _ = kombu_redis.decode_message(pushed[0][1])
+    assert kombu_redis.message_id(message) == sent.id
+    assert kombu_redis.queue_length(r, queue) == 2 and kombu_redis.queue_length(r, other) == 1
+    assert kombu_redis.message_id(kombu_redis.decode_message(r.lindex(queue, 0))[0]) == again.id
+    r.delete(other, *(queue + s for s in kombu_redis.PRIORITY_SUFFIXES))
