@@ -113,11 +113,7 @@ def _send_plain(
     routing raises (CircuitOpen, NoWorkersAvailable, QueueFull), having sent nothing."""
     pool = call.pool or settings.default_pool_name
     queue_name = keys.pool_queue(pool)
-    if admission is not None:
-        breaker_keys, breaker_args = admission.breaker.keys, admission.breaker.argv(admission.op)
-    else:
-        breaker_keys = [keys.circuit(pool), keys.circuit_trials(pool)]
-        breaker_args = ["", 0, 0, 0, "", 0]
+    breaker_keys, breaker_args = routing.breaker_script_args(admission, pool)
     reply_key = keys.reply(call_id)
     script_keys = [*breaker_keys, keys.fast_pool_queue(pool), keys.pool_alive(pool), reply_key,
                    *kombu_redis.queue_lists(queue_name)]

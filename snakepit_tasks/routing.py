@@ -188,6 +188,14 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
     return Route(call=call, queue=declare_queue(queue_name), node=node)
 
 
+def breaker_script_args(admission: Admission | None, pool: str) -> tuple[list[str], list[Any]]:
+    """The circuit breaker's keys and arguments for ``broker/fast_send.lua`` (no admission:
+    nothing to admit)."""
+    if admission is not None:
+        return admission.breaker.keys, admission.breaker.argv(admission.op)
+    return [keys.circuit(pool), keys.circuit_trials(pool)], ["", 0, 0, 0, "", 0]
+
+
 def push_plain(
     settings: Settings, call: Call, admission: Admission | None, target: str, message: str
 ) -> None:
@@ -199,11 +207,7 @@ def push_plain(
     pool = call.pool or settings.default_pool_name
     queue_name = keys.pool_queue(pool)
     r = connections.redis_client(settings.redis_url)
-    if admission is not None:
-        breaker_keys, breaker_args = admission.breaker.keys, admission.breaker.argv(admission.op)
-    else:
-        breaker_keys = [keys.circuit(pool), keys.circuit_trials(pool)]
-        breaker_args = ["", 0, 0, 0, "", 0]
+    breaker_keys, breaker_args = breaker_script_args(admission, pool)
     counted = [name for name in kombu_redis.queue_lists(queue_name) if name != target]
     # KEYS[5], the reply list, is not used: no BLPOP follows (ARGV[9] '0').
     script_keys = [*breaker_keys, target, keys.pool_alive(pool), target,
