@@ -513,18 +513,18 @@ class Node:
         try:
             body = replies.encode_outcome(result, failure) if reply_to else b""
             listed, entry = forget or ("", b"")
-            finish = {
-                "keys": [keys.pool_stats(self.pool.name), keys.busy(self.name),
-                         keys.reply(reply_to or ""), keys.call_state(ran or ""),
-                         listed or keys.fast_processing(self.name)],
-                "args": [requests, errors, busy_worker or "", "1" if reply_to else "0", body,
-                         replies.REPLY_TTL_SECONDS, entry, f"done:{self.name}" if ran else ""],
-            }
+            script_keys = [keys.pool_stats(self.pool.name), keys.busy(self.name),
+                           keys.reply(reply_to or ""), keys.call_state(ran or ""),
+                           listed or keys.fast_processing(self.name)]
+            args: list[Any] = [
+                requests, errors, busy_worker or "", "1" if reply_to else "0", body,
+                replies.REPLY_TTL_SECONDS, entry, f"done:{self.name}" if ran else ""]
             if celery is None:
-                self._finish_call(**finish)
+                self._finish_call(keys=script_keys, args=args)
                 return
             with self.redis.pipeline(transaction=True) as pipe:
-                self._finish_call(**finish, client=pipe)
+                # EVAL, not the script object: in a pipeline that costs a SCRIPT EXISTS first.
+                pipe.eval(lua.compact("finish_call"), len(script_keys), *script_keys, *args)
                 folded = celery.into(pipe, result, failure)
                 pipe.execute()
             if folded:
