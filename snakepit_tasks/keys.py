@@ -172,6 +172,10 @@ def fast_processing(node: str) -> str:
     return f"{PREFIX}:fast:node:{node}:processing"
 
 
+#: A node's fast-lane crews: the pool list's and the node list's (see node.fast_lane).
+FAST_CREWS = ("pool", "node")
+
+
 def fast_landing(node: str, crew: str) -> str:
     """Where one of ``node``'s fast-lane crews (``pool`` or ``node``) moves the message it
     takes, for the moment until ``fast_take.lua`` moves it on to the processing list (in the

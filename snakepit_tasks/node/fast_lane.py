@@ -16,7 +16,6 @@ calls it has not started back at the head of their list.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import threading
@@ -55,10 +54,10 @@ class FastLane:
         self.processing = keys.fast_processing(node.name)
         self.sources = (keys.fast_pool_queue(node.pool.name), keys.fast_node_queue(node.name))
         self.landings = tuple((keys.fast_landing(node.name, crew), keys.fast_clock(node.name, crew))
-                              for crew in ("pool", "node"))
+                              for crew in keys.FAST_CREWS)
         self._marks = itertools.count(1)  # each take's clock mark (see fast_clock.lua)
-        self._scripts = tuple((lua.compact(name), _sha(lua.compact(name)))
-                              for name in ("fast_clock", "fast_take"))
+        self._clock_script = lua.script(self.r, "fast_clock")
+        self._take_script = lua.script(self.r, "fast_take")
         self.events = TaskEvents(lambda: None)
         self._crews = (max(1, node.workers.capacity), max(1, threads))
         self._leaders = (threading.Lock(), threading.Lock())
@@ -151,19 +150,20 @@ class FastLane:
         into, clock = landing
         mark = str(next(self._marks))
         script_keys, args = self.node.claims.fast_take_args(into, clock, self.processing, mark)
-        (clock_text, clock_sha), (take_text, take_sha) = self._scripts
+        clock_script, take_script = self._clock_script, self._take_script
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.evalsha(clock_sha, 1, clock, mark)
+            pipe.evalsha(clock_script.sha, 1, clock, mark)
             pipe.blmove(source, into, BLOCK_SECONDS, "RIGHT", "LEFT")
-            pipe.evalsha(take_sha, len(script_keys), *script_keys, *args)
+            pipe.evalsha(take_script.sha, len(script_keys), *script_keys, *args)
             marked, moved, reply = pipe.execute(raise_on_error=False)
         if isinstance(moved, Exception):
             raise moved
         if isinstance(marked, redis.exceptions.NoScriptError):  # Redis lost it (a restart)
-            self.r.script_load(clock_text)  # for the next take; this one goes unmarked
+            self.r.script_load(clock_script.script)  # for the next take; this one goes unmarked
         if isinstance(reply, redis.exceptions.NoScriptError):
             try:
-                reply = self.r.eval(take_text, len(script_keys), *script_keys, *args)
+                # EVAL also caches it for the next take's EVALSHA.
+                reply = self.r.eval(take_script.script, len(script_keys), *script_keys, *args)
             except redis.ResponseError as exc:
                 reply = exc
         if isinstance(reply, Exception):  # the message is the node's to claim, as it was
@@ -275,10 +275,6 @@ class FastLane:
             pipe.rpush(source, raw)
             self._forget(pipe, raw)
             pipe.execute()
-
-
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def call_of(raw: bytes) -> tuple[str, Call]:

@@ -369,5 +369,5 @@ def fast_taken(node: str) -> list[str]:
     """The lists of fast-lane calls ``node`` had taken: its crews' landing lists (a message
     is there only between a take's BLMOVE and its script, in one round trip) and its
     processing list."""
-    return [keys.fast_landing(node, "pool"), keys.fast_landing(node, "node"),
+    return [*(keys.fast_landing(node, crew) for crew in keys.FAST_CREWS),
             keys.fast_processing(node)]
