@@ -232,8 +232,10 @@ class Zygote:
         except subprocess.TimeoutExpired:
             code = None
         if code not in (0, None) and not self._stopping:
-            log.warning("the zygote of %s ended (%s); workers start afresh from a new one",
-                        self.name, _describe(code))
+            from .worker import ExitStatus  # worker imports this module
+
+            log.warning("the zygote of %s %s; workers start afresh from a new one",
+                        self.name, ExitStatus(code).describe())
         deadline = time.monotonic() + ORPHAN_WAIT_S
         for child in children:
             while child.still_runs() and time.monotonic() < deadline:
@@ -242,6 +244,3 @@ class Zygote:
                 processes.kill(child.pid, group=True)
             child.ended(-9)
 
-
-def _describe(code: int) -> str:
-    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
