@@ -2,6 +2,7 @@
 
 - Who a pid is (Linux ``/proc``): :class:`ProcessIdentity` is a pid plus its start time, so a
   reused pid is never taken for the process it once named; zombies count as ended.
+- How a process ended: :class:`ExitStatus`.
 - What ``/proc/<pid>/cmdline`` shows: :func:`set_cmdline` (a forked process tells what it is).
 - Dying with the parent: :func:`set_parent_death_signal` (``prctl(PR_SET_PDEATHSIG)``, Linux),
   :func:`preexec_parent_death` for ``Popen(preexec_fn=...)``, and :func:`watch_parent`, a
@@ -240,6 +241,26 @@ def watch_parent(
     thread = threading.Thread(target=watch, name="snakepit-parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+@dataclass
+class ExitStatus:
+    """How a process ended (a Popen-style return code): exit code, or the signal that killed
+    it, and that in words (:meth:`describe`)."""
+
+    returncode: int
+
+    @property
+    def signal(self) -> str | None:
+        if self.returncode < 0:
+            try:
+                return signal.Signals(-self.returncode).name
+            except ValueError:
+                return f"signal {-self.returncode}"
+        return None
+
+    def describe(self) -> str:
+        return f"killed by {self.signal}" if self.signal else f"exited with code {self.returncode}"
 
 
 # -- stopping --------------------------------------------------------------------------------

@@ -6,13 +6,11 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -22,6 +20,7 @@ from .._proto import bridge_pb2 as pb
 from .._proto import bridge_pb2_grpc as pb_grpc
 from ..bridge.limits import MAX_MESSAGE_BYTES
 from ..errors import ConfigurationError
+from ..processes import ExitStatus
 from . import output
 from .call_stream import CallStream
 from .zygote import ForkedProcess, Zygote, ZygoteUnavailable
@@ -62,25 +61,6 @@ def process_ended(process: RuntimeProcess, *, block: bool = False) -> bool:
 
 class WorkerStartError(ConfigurationError):
     """A worker process could not be started or did not become ready."""
-
-
-@dataclass
-class ExitStatus:
-    """How a worker process ended: exit code, or the signal that killed it."""
-
-    returncode: int
-
-    @property
-    def signal(self) -> str | None:
-        if self.returncode < 0:
-            try:
-                return signal.Signals(-self.returncode).name
-            except ValueError:
-                return f"signal {-self.returncode}"
-        return None
-
-    def describe(self) -> str:
-        return f"killed by {self.signal}" if self.signal else f"exited with code {self.returncode}"
 
 
 class AdapterWorker:

@@ -232,10 +232,8 @@ class Zygote:
         except subprocess.TimeoutExpired:
             code = None
         if code not in (0, None) and not self._stopping:
-            from .worker import ExitStatus  # worker imports this module
-
             log.warning("the zygote of %s %s; workers start afresh from a new one",
-                        self.name, ExitStatus(code).describe())
+                        self.name, processes.ExitStatus(code).describe())
         deadline = time.monotonic() + ORPHAN_WAIT_S
         for child in children:
             while child.still_runs() and time.monotonic() < deadline:
