@@ -1,16 +1,22 @@
-"""The runtime's side of a worker's ``Calls`` stream: every call its node sends, multiplexed.
+"""The runtime's side of a worker's ``Calls``: every call its node sends, multiplexed by id.
 
-The node keeps one bidirectional stream open per worker (see ``node/call_stream.py``). A
-worker of capacity 1 runs each call on the stream's own thread, in turn. A worker of higher
-capacity has one thread read the node's frames; each ``execute`` frame runs on the stream's
-thread pool (the servicer's slots still allow ``capacity`` tools at once, as for unary calls),
-and its reply goes back through a queue the stream's response iterator drains. A ``cancel``
-frame (the node gave up: deadline) drops the call's reply, and the call if it has not started.
-Heartbeats stay a unary RPC: they must be answered while a capacity-1 worker's call runs.
+The node keeps one connection open per worker to the runtime's call socket (see
+``node/call_stream.py``): ``CallFrame`` messages in, ``CallReply`` messages out, as
+length-prefixed frames (``frames.py``). The same frames also travel on the gRPC ``Calls``
+stream, kept for comparison (the bench) and for tools that speak gRPC only. A worker of
+capacity 1 runs each call on the connection's own thread, in turn. A worker of higher
+capacity has one thread read the node's frames; each ``execute`` frame runs on a thread pool
+(the servicer's slots still allow ``capacity`` tools at once), and its reply goes back
+through a queue the writer drains. A ``cancel`` frame (the node gave up: deadline) drops the
+call's reply, and the call if it has not started. Heartbeats stay a unary RPC: they must be
+answered while a capacity-1 worker's call runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +25,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from .._proto import bridge_pb2 as pb
+from . import frames as framing
 from .limits import MAX_MESSAGE_BYTES
 
 #: What a reply may add to its ExecuteResponse (the frame around it).
@@ -46,8 +53,10 @@ Execute = Callable[[pb.ExecuteRequest, Any], pb.ExecuteResponse]
 def serve_calls(
     execute: Execute, frames: Iterator[pb.CallFrame], context: Any, capacity: int
 ) -> Iterator[pb.CallReply]:
-    """The reply stream of one ``Calls`` RPC: ``execute(request, context)`` for each call the
-    node sends, up to ``capacity`` at once; replies in the order calls finish."""
+    """The replies to one stream of frames (a ``Calls`` RPC or a call-socket connection):
+    ``execute(request, context)`` for each call the node sends, up to ``capacity`` at once;
+    replies in the order calls finish. ``context``: the RPC's (its end ends the replies), or
+    None on a socket (the end of the frames ends them)."""
     if capacity == 1:
         return _one_at_a_time(execute, frames)
     return _concurrent(execute, frames, context, capacity + 1)
@@ -73,7 +82,8 @@ def _concurrent(
     """A worker that runs several calls at once (the thread profile): a reader thread takes
     the frames, each call runs on one of ``workers`` threads, replies go through a queue."""
     replies: SimpleQueue[pb.CallReply | None] = SimpleQueue()
-    context.add_callback(lambda: replies.put(None))  # the node went away, or the RPC ended
+    if context is not None:
+        context.add_callback(lambda: replies.put(None))  # the node went away, or the RPC ended
     pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="call")
     calls = _Calls(execute, replies)
     reader = threading.Thread(target=calls.read, args=(frames, pool), name="calls-reader",
@@ -85,6 +95,64 @@ def _concurrent(
     finally:
         calls.closed = True
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CallServer:
+    """The runtime's call socket: a listening unix socket; each connection (its node's, one
+    per worker) is served on a thread of its own by :func:`serve_calls`."""
+
+    def __init__(self, path: str, execute: Execute, capacity: int) -> None:
+        self.path = path
+        self._execute = execute
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # only this user may connect
+        try:
+            self._listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        self._listener.listen(8)
+        threading.Thread(target=self._accept, name="calls-accept", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting, end every connection (calls in flight lose their replies), and
+        remove the socket file."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._listener.close()
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._connections.add(connection)
+            threading.Thread(target=self._serve, args=(connection,), name="calls",
+                             daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        reader = framing.FrameReader(connection)
+        frames = (pb.CallFrame.FromString(data) for data in reader.frames())
+        try:
+            for reply in serve_calls(self._execute, frames, None, self._capacity):
+                framing.send(connection, reply)
+        except OSError:
+            pass  # the node went away: nobody is left to answer
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+            connection.close()
 
 
 class _Calls:

@@ -430,10 +430,12 @@ def serve(
     host_tools_socket: str = "",
     log_level: int = 40,
     otel_setup: str | None = None,
+    calls_socket: str = "",
 ) -> int:
     """Serve ``adapter`` until SIGTERM/SIGINT or the parent's death; returns the exit code.
     ``log_level``: what this process logs (to its node); ``otel_setup``: trace calls, after
-    running that hook ("" for none); None: no tracing."""
+    running that hook ("" for none); None: no tracing. ``calls_socket``: where to serve the
+    node's call socket (see .calls), beside the gRPC server at ``socket_path``."""
     _die_with_parent(parent_pid)
     logs.install(log_level)
     try:
@@ -481,6 +483,8 @@ def serve(
     finally:
         os.umask(old_umask)
     os.chmod(socket_path, 0o600)
+    call_server = (calls.CallServer(calls_socket, servicer.Execute, capacity)
+                   if calls_socket else None)
 
     stop = threading.Event()
 
@@ -493,6 +497,8 @@ def serve(
     stop.wait()
     began = time.monotonic()
     servicer.end_streams(grace=1.0)
+    if call_server is not None:
+        call_server.close()
     server.stop(grace=max(0.0, 1.0 - (time.monotonic() - began))).wait(2.0)
     return 0
 
@@ -514,10 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-tools-socket", default="")
     parser.add_argument("--log-level", type=int, default=40)
     parser.add_argument("--otel-setup", default=None, help="trace calls (after this hook)")
+    parser.add_argument("--calls-socket", default="", help="serve the node's call socket here")
     ns = parser.parse_args(argv)
     return serve(ns.adapter, ns.socket, ns.worker_id, ns.capacity, ns.ready_fd,
                  ns.zygote_pid or ns.parent_pid,
-                 ns.host_tools_socket, ns.log_level, ns.otel_setup)
+                 ns.host_tools_socket, ns.log_level, ns.otel_setup, ns.calls_socket)
 
 
 if __name__ == "__main__":

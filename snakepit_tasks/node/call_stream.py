@@ -1,25 +1,32 @@
-"""The node's side of a worker's ``Calls`` stream: one long-lived bidirectional gRPC stream
-per runtime process, every ``Execute`` of the worker multiplexed on it by id.
+"""The node's side of a worker's ``Calls``: one long-lived connection to the runtime's call
+socket per runtime process, every ``Execute`` of the worker on it, multiplexed by id.
 
-A caller's thread puts its frame on the stream and waits for its reply; one reader thread per
-stream owns the replies and hands each to the thread waiting on its id. A call whose time runs
-out sends a ``cancel`` frame and fails with ``DEADLINE_EXCEEDED``; a stream that breaks (the
-runtime died, its channel was closed) fails every call waiting on it with the stream's status,
-so :mod:`.rpc` maps both exactly as it maps a failed unary call.
+Frames are ``CallFrame`` out, ``CallReply`` in (``bridge/frames.py``). A worker of capacity
+1 runs one call at a time: the caller's thread writes its frame and reads its own reply (no
+hand-off between threads). A worker of higher capacity runs several: one reader thread per
+connection owns the replies and hands each to the thread waiting on its id. A call whose
+time runs out fails with ``DEADLINE_EXCEEDED`` (a concurrent worker is sent a ``cancel``
+frame and the connection goes on; a capacity-1 worker's connection is dropped, and the node
+replaces that worker); a connection that breaks (the runtime died) fails every call waiting
+on it with ``UNAVAILABLE``, so :mod:`.rpc` maps both exactly as it maps a failed unary gRPC
+call. A runtime that cannot be reached fails the call with ``UNAVAILABLE: failed to
+connect``: nothing was sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
 import threading
 import time
 from queue import Empty, SimpleQueue
-from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .._proto import bridge_pb2 as pb
-from .._proto import bridge_pb2_grpc as pb_grpc
+from ..bridge import frames
 
 
 class StreamError(grpc.RpcError):
@@ -39,23 +46,38 @@ class StreamError(grpc.RpcError):
 
 _Outcome = pb.ExecuteResponse | StreamError
 
+_ENDED = "the runtime ended the stream"
+
+
+def _timed_out() -> StreamError:
+    return StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
 
 class CallStream:
-    """One open ``Calls`` stream to a runtime. Thread-safe: calls may run concurrently."""
+    """One open connection to a runtime's call socket. Thread-safe: calls may run
+    concurrently (on a worker of capacity > 1, at once)."""
 
-    def __init__(self, stub: pb_grpc.AdapterRuntimeStub, name: str) -> None:
-        self._frames: SimpleQueue[pb.CallFrame | None] = SimpleQueue()
-        self._waiting: dict[int, SimpleQueue[_Outcome]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, path: str, name: str, capacity: int = 1) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise StreamError(grpc.StatusCode.UNAVAILABLE,
+                              f"failed to connect to {path}: {exc.strerror or exc}") from None
+        self._reader = frames.FrameReader(self._sock)
+        self._lock = threading.Lock()  # the connection's state; a lock-step call holds it
+        self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._broken: StreamError | None = None
-        self._replies: Any = stub.Calls(iter(self._frames.get, None))
-        self._reader = threading.Thread(target=self._read, name=f"calls-{name}", daemon=True)
-        self._reader.start()
+        self._lockstep = capacity == 1
+        self._waiting: dict[int, SimpleQueue[_Outcome]] = {}
+        if not self._lockstep:
+            threading.Thread(target=self._read, name=f"calls-{name}", daemon=True).start()
 
     @property
     def broken(self) -> bool:
-        """Whether the stream has ended (a new call needs a new stream)."""
+        """Whether the connection has ended (a new call needs a new one)."""
         return self._broken is not None
 
     def call(
@@ -63,51 +85,92 @@ class CallStream:
         metadata: list[tuple[str, str]] | None = None,
     ) -> pb.ExecuteResponse:
         """Run ``request`` on the runtime; its response within ``timeout`` seconds. Raises
-        StreamError (DEADLINE_EXCEEDED, or the status the stream broke with)."""
-        answer: SimpleQueue[_Outcome] = SimpleQueue()
-        deadline = time.time() + timeout
+        StreamError (DEADLINE_EXCEEDED, or UNAVAILABLE when the connection broke)."""
+        frame = pb.CallFrame(execute=request, deadline=time.time() + timeout)
+        if metadata:
+            frame.metadata.update(metadata)
+        if self._lockstep:
+            return self._call_in_turn(frame, timeout)
+        return self._call_multiplexed(frame, timeout)
+
+    def close(self) -> None:
+        """End the connection; calls still waiting fail with UNAVAILABLE."""
+        self._break(StreamError(grpc.StatusCode.UNAVAILABLE, "the node closed the stream"))
+
+    def _call_in_turn(self, frame: pb.CallFrame, timeout: float) -> pb.ExecuteResponse:
+        """One call at a time: write the frame, read the reply on this thread."""
         with self._lock:
             if self._broken is not None:
                 raise self._broken
-            call_id = next(self._ids)
+            frame.id = call_id = next(self._ids)
+            try:
+                self._sock.settimeout(timeout)
+                frames.send(self._sock, frame)
+                while True:
+                    reply = pb.CallReply.FromString(self._reader.read())
+                    if reply.id == call_id:
+                        return reply.response
+            except TimeoutError:
+                failure = _timed_out()
+                broken = StreamError(grpc.StatusCode.UNAVAILABLE,
+                                     "a call timed out on the stream: its reply is still due")
+            except (OSError, EOFError, frames.FrameError, DecodeError):
+                failure = broken = StreamError(grpc.StatusCode.UNAVAILABLE, _ENDED)
+        self._break(broken)
+        raise failure
+
+    def _call_multiplexed(self, frame: pb.CallFrame, timeout: float) -> pb.ExecuteResponse:
+        """Several calls at once: write the frame, wait for the reader to hand the reply."""
+        answer: SimpleQueue[_Outcome] = SimpleQueue()
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            frame.id = call_id = next(self._ids)
             self._waiting[call_id] = answer
-        frame = pb.CallFrame(id=call_id, execute=request, deadline=deadline)
-        if metadata:
-            frame.metadata.update(metadata)
-        self._frames.put(frame)
+        self._send(frame)
         try:
             outcome = answer.get(timeout=timeout)
         except Empty:
             with self._lock:
                 gave_up = self._waiting.pop(call_id, None) is not None
             if gave_up:
-                self._frames.put(pb.CallFrame(id=call_id, cancel=True))
-                raise StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+                self._send(pb.CallFrame(id=call_id, cancel=True))
+                raise _timed_out() from None
             outcome = answer.get()  # the reader took it just now: its outcome is on its way
         if isinstance(outcome, StreamError):
             raise outcome
         return outcome
 
-    def close(self) -> None:
-        """End the stream; calls still waiting fail with CANCELLED."""
-        self._frames.put(None)
-        self._replies.cancel()
+    def _send(self, frame: pb.CallFrame) -> None:
+        """Write a frame; a failed write breaks the connection (its waiters learn it)."""
+        try:
+            with self._send_lock:
+                frames.send(self._sock, frame)
+        except OSError:
+            self._break(StreamError(grpc.StatusCode.UNAVAILABLE, _ENDED))
 
     def _read(self) -> None:
-        try:
-            for reply in self._replies:
-                with self._lock:
-                    answer = self._waiting.pop(reply.id, None)
-                if answer is not None:
-                    answer.put(reply.response)
-            broken = StreamError(grpc.StatusCode.UNAVAILABLE, "the runtime ended the stream")
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            broken = StreamError(code or grpc.StatusCode.UNKNOWN, str(details or exc))
-        with self._lock:
-            self._broken = broken
+        for data in self._reader.frames():
+            try:
+                reply = pb.CallReply.FromString(data)
+            except DecodeError:  # not a reply: nothing more on it can be trusted
+                break
+            with self._lock:
+                answer = self._waiting.pop(reply.id, None)
+            if answer is not None:
+                answer.put(reply.response)
+        self._break(StreamError(grpc.StatusCode.UNAVAILABLE, _ENDED))
+        self._sock.close()  # this thread was its last reader
+
+    def _break(self, broken: StreamError) -> None:
+        """Mark the connection ended (the first reason stays), shut it, fail its waiters."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread reading it
+        with self._lock:  # a lock-step call in flight ends first (the shutdown ended its read)
+            if self._broken is None:
+                self._broken = broken
             waiting, self._waiting = self._waiting, {}
-        self._frames.put(None)  # ends gRPC's consumption of our frames
+            if self._lockstep:
+                self._sock.close()  # nobody reads it now
         for answer in waiting.values():
-            answer.put(broken)
+            answer.put(self._broken)

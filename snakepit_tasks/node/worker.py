@@ -91,7 +91,8 @@ class AdapterWorker:
         self.index = index
         self.adapter = adapter
         self.capacity = capacity
-        self.socket_path = os.path.join(run_dir, f"w{index}.sock")
+        self.socket_path = os.path.join(run_dir, f"w{index}.sock")  # its gRPC server
+        self.calls_path = os.path.join(run_dir, f"c{index}.sock")  # its call socket
         self.run_id = run_id
         self.instance = instance
         self.env = env
@@ -119,14 +120,17 @@ class AdapterWorker:
 
     def spawn(self) -> None:
         """Start the runtime process; :meth:`wait_ready` finishes the start."""
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
+        for path in (self.socket_path, self.calls_path):
+            if os.path.exists(path):
+                os.unlink(path)
         read_fd, write_fd = os.pipe()
         args = [
             "--adapter",
             self.adapter,
             "--socket",
             self.socket_path,
+            "--calls-socket",
+            self.calls_path,
             "--worker-id",
             self.worker_id,
             "--capacity",
@@ -271,14 +275,16 @@ class AdapterWorker:
         self._close_channel()
 
     def call_stream(self) -> CallStream:
-        """The open ``Calls`` stream to this runtime, opened at the first call (and again
-        after it broke). Raises ValueError when its channel was closed (being replaced)."""
+        """The open connection to this runtime's call socket, opened at the first call (and
+        again after it broke). Raises ValueError when its channel was closed (being
+        replaced), StreamError (UNAVAILABLE) when the runtime cannot be reached."""
         with self._calls_lock:
             stream = self._calls
             if stream is None or stream.broken:
                 if self.stub is None or self.channel is None:
                     raise ValueError(f"worker {self.worker_id} has no channel")
-                stream = self._calls = CallStream(self.stub, self.worker_id)
+                stream = self._calls = CallStream(self.calls_path, self.worker_id,
+                                                  self.capacity)
             return stream
 
     def _close_channel(self) -> None:

@@ -1,10 +1,11 @@
-"""snakepit_tasks.node.call_stream: a worker's Calls stream to a real runtime (no Redis)."""
+"""snakepit_tasks.node.call_stream: a worker's call socket to a real runtime (no Redis)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from snakepit_tasks import errors
 from snakepit_tasks._proto import bridge_pb2 as pb
-from snakepit_tasks.node.call_stream import StreamError
+from snakepit_tasks.node.call_stream import CallStream, StreamError
 from snakepit_tasks.node.rpc import WorkerCalls, WorkerGone
 from snakepit_tasks.node.worker import AdapterWorker, worker_env
 
@@ -183,3 +184,58 @@ def test_a_call_to_a_dead_runtime_is_never_sent(run_dir: str) -> None:
         assert dead == [1]
     finally:
         worker.stop(1.0)
+
+
+def test_the_call_socket_is_the_nodes_path_and_the_grpc_stream_still_answers(
+    run_dir: str,
+) -> None:
+    """Calls travel on the runtime's call socket (c<index>.sock); the same frames on the
+    gRPC ``Calls`` stream are answered too (for gRPC-only clients); a graceful stop removes
+    the call socket."""
+    worker = started(run_dir)
+    try:
+        assert os.path.exists(worker.calls_path) and worker.calls_path.endswith("c0.sock")
+        assert worker.call_stream().call(request("add", a=2, b=3), 10.0).ok
+        assert worker.stub is not None
+        frame = pb.CallFrame(id=5, execute=request("add", a=4, b=5), deadline=time.time() + 10)
+        [reply] = list(worker.stub.Calls(iter([frame]), timeout=10))
+        assert reply.id == 5 and json.loads(reply.response.result.data) == 9
+    finally:
+        worker.stop(1.0)
+    assert not os.path.exists(worker.calls_path)
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_a_runtime_that_speaks_no_frames_breaks_the_stream_not_the_node(
+    run_dir: str, capacity: int,
+) -> None:
+    """Garbage on the call socket (not a reply) fails the waiting call as UNAVAILABLE, in
+    lock-step (capacity 1) and multiplexed (the reader thread) alike."""
+    path = os.path.join(run_dir, "c9.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer_garbage() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"\x00\x00\x00\x04\xff\xff\xff\xff")
+            connection.recv(1)  # until the node drops it
+
+    thread = threading.Thread(target=answer_garbage)
+    thread.start()
+    try:
+        stream = CallStream(path, "garbage", capacity)
+        with pytest.raises(StreamError) as info:
+            stream.call(request("ping"), 5.0)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and stream.broken
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+def test_a_missing_call_socket_fails_as_never_sent(run_dir: str) -> None:
+    with pytest.raises(StreamError, match="failed to connect") as info:
+        CallStream(os.path.join(run_dir, "c8.sock"), "absent")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
