@@ -17,7 +17,7 @@ def derive_ratios(results: dict[str, Any]) -> dict[str, Any]:
     rt = results.get("round_trip", {})
     tp = results.get("throughput", {})
     sp, raw = rt.get("snakepit", {}), rt.get("raw_celery", {})
-    grpc = rt.get("grpc_calls") or rt.get("grpc_execute", {})  # the hop a node makes
+    grpc = rt.get("call_socket") or rt.get("grpc_execute", {})  # the hop a node makes
     out: dict[str, Any] = {
         "round_trip_median": ratio(sp.get("median_ms"), raw.get("median_ms")),
         "round_trip_p99": ratio(sp.get("p99_ms"), raw.get("p99_ms")),

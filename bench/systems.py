@@ -303,13 +303,13 @@ class Runtime:
         def calls() -> Any:
             response = self.worker.call_stream().call(execute_request, 10.0)
             if not response.ok:
-                raise BenchError(f"runtime Calls('ping') failed: {response.error}")
+                raise BenchError(f"runtime call socket 'ping' failed: {response.error}")
             return response
 
         return [
             Target("grpc_ping", "raw gRPC Ping (unary, unix socket)", ping),
             Target("grpc_execute", 'raw gRPC Execute("ping") to one runtime', execute),
-            Target("grpc_calls", 'raw gRPC Calls stream "ping" (what a node sends)', calls),
+            Target("call_socket", 'call socket "ping" to one runtime (what a node sends)', calls),
         ]
 
     def stream_source(self) -> StreamSource:

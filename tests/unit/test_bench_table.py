@@ -40,7 +40,7 @@ def _results() -> dict[str, object]:
             "mux_unary": _rt(0.5, 1.0),
             "mux_bidi": _rt(0.45, 0.9),
             "grpc_execute": _rt(0.6, 1.2),
-            "grpc_calls": _rt(0.42, 0.9),
+            "call_socket": _rt(0.42, 0.9),
         },
         "ray": {"status": "ray not installed"},
         "throughput": {"snakepit": {"calls": 2000, "calls_per_s": 360.0},
