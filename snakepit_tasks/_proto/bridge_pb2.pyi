@@ -212,7 +212,7 @@ class SessionResponse(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[_Union[ErrorInfo, _Mapping]] = ...) -> None: ...
 
 class CallFrame(_message.Message):
-    __slots__ = ("id", "execute", "cancel", "deadline", "metadata")
+    __slots__ = ("id", "execute", "cancel", "stream", "deadline", "metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -223,14 +223,16 @@ class CallFrame(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     id: int
     execute: ExecuteRequest
     cancel: bool
+    stream: ExecuteRequest
     deadline: float
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[int] = ..., execute: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., cancel: _Optional[bool] = ..., deadline: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., execute: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., cancel: _Optional[bool] = ..., stream: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., deadline: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CallReply(_message.Message):
     __slots__ = ("id", "response")

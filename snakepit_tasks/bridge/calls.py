@@ -15,14 +15,17 @@ answered while a capacity-1 worker's call runs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent import futures
 from queue import SimpleQueue
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from .._proto import bridge_pb2 as pb
 from . import frames as framing
@@ -40,6 +43,11 @@ class FrameContext:
         self._frame = frame  # its metadata is read only when asked (tracing on)
         self.deadline = frame.deadline if frame.deadline > 0 else None
 
+    def add_callback(self, callback: Callable[[], Any]) -> bool:
+        """A streamed call's RPC would run ``callback`` when it ends; on a socket, the end is
+        the connection's (a write fails), seen by the writer: nothing to register."""
+        return False
+
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(self._frame.metadata.items())
 
@@ -48,11 +56,12 @@ class FrameContext:
 
 
 Execute = Callable[[pb.ExecuteRequest, Any], pb.ExecuteResponse]
+ExecuteStream = Callable[[pb.ExecuteRequest, Any], Generator[pb.StreamChunk, None, None]]
 
 
 def serve_calls(
     execute: Execute, frames: Iterator[pb.CallFrame], context: Any, capacity: int
-) -> Iterator[pb.CallReply]:
+) -> Generator[pb.CallReply, None, None]:
     """The replies to one stream of frames (a ``Calls`` RPC or a call-socket connection):
     ``execute(request, context)`` for each call the node sends, up to ``capacity`` at once;
     replies in the order calls finish. ``context``: the RPC's (its end ends the replies), or
@@ -62,7 +71,9 @@ def serve_calls(
     return _concurrent(execute, frames, context, capacity + 1)
 
 
-def _one_at_a_time(execute: Execute, frames: Iterator[pb.CallFrame]) -> Iterator[pb.CallReply]:
+def _one_at_a_time(
+    execute: Execute, frames: Iterator[pb.CallFrame]
+) -> Generator[pb.CallReply, None, None]:
     """A worker of capacity 1 (the process profile): each call runs on the stream's own
     thread, read, run and answered in turn (no hand-off between threads). Its node never
     sends a second call before the first is answered (it kills the worker when one times
@@ -78,7 +89,7 @@ def _one_at_a_time(execute: Execute, frames: Iterator[pb.CallFrame]) -> Iterator
 
 def _concurrent(
     execute: Execute, frames: Iterator[pb.CallFrame], context: Any, workers: int
-) -> Iterator[pb.CallReply]:
+) -> Generator[pb.CallReply, None, None]:
     """A worker that runs several calls at once (the thread profile): a reader thread takes
     the frames, each call runs on one of ``workers`` threads, replies go through a queue."""
     replies: SimpleQueue[pb.CallReply | None] = SimpleQueue()
@@ -99,11 +110,17 @@ def _concurrent(
 
 class CallServer:
     """The runtime's call socket: a listening unix socket; each connection (its node's, one
-    per worker) is served on a thread of its own by :func:`serve_calls`."""
+    per worker) is served on a thread of its own by :func:`serve_calls`. A connection whose
+    first frame is a ``stream`` call carries that call's chunks back, then closes: the node
+    opens one per streamed call, and closes it to stop the stream."""
 
-    def __init__(self, path: str, execute: Execute, capacity: int) -> None:
+    def __init__(
+        self, path: str, execute: Execute, capacity: int,
+        execute_stream: ExecuteStream | None = None,
+    ) -> None:
         self.path = path
         self._execute = execute
+        self._execute_stream = execute_stream
         self._capacity = capacity
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -145,10 +162,20 @@ class CallServer:
         reader = framing.FrameReader(connection)
         frames = (pb.CallFrame.FromString(data) for data in reader.frames())
         try:
-            for reply in serve_calls(self._execute, frames, None, self._capacity):
-                framing.send(connection, reply)
-        except OSError:
-            pass  # the node went away: nobody is left to answer
+            first = next(frames, None)
+            if first is None:
+                return
+            if first.WhichOneof("kind") == "stream" and self._execute_stream is not None:
+                replies: Generator[Any, None, None] = self._execute_stream(
+                    first.stream, FrameContext(first))
+            else:
+                replies = serve_calls(self._execute, itertools.chain([first], frames), None,
+                                      self._capacity)
+            with contextlib.closing(replies):  # a write that fails stops the tool too
+                for reply in replies:
+                    framing.send(connection, reply)
+        except (OSError, DecodeError):
+            pass  # the node went away (or spoke no frames): nobody is left to answer
         finally:
             with self._lock:
                 self._connections.discard(connection)

@@ -332,7 +332,7 @@ class AdapterServicer(pb_grpc.AdapterRuntimeServicer):
 
     def ExecuteStream(  # noqa: N802
         self, request: pb.ExecuteRequest, context: Any
-    ) -> Iterator[pb.StreamChunk]:
+    ) -> Generator[pb.StreamChunk, None, None]:
         stopped = threading.Event()
         context.add_callback(stopped.set)  # the caller went away, or the call ended
         with self._slot(), self._traced(request, context, "ExecuteStream"):
@@ -483,8 +483,8 @@ def serve(
     finally:
         os.umask(old_umask)
     os.chmod(socket_path, 0o600)
-    call_server = (calls.CallServer(calls_socket, servicer.Execute, capacity)
-                   if calls_socket else None)
+    call_server = (calls.CallServer(calls_socket, servicer.Execute, capacity,
+                                    servicer.ExecuteStream) if calls_socket else None)
 
     stop = threading.Event()
 

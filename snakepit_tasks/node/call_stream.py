@@ -11,6 +11,9 @@ replaces that worker); a connection that breaks (the runtime died) fails every c
 on it with ``UNAVAILABLE``, so :mod:`.rpc` maps both exactly as it maps a failed unary gRPC
 call. A runtime that cannot be reached fails the call with ``UNAVAILABLE: failed to
 connect``: nothing was sent.
+
+A streamed call (:class:`ChunkStream`) has a connection of its own: one ``stream`` frame out,
+the call's ``StreamChunk`` frames back until the final one; closing it stops the stream.
 """
 
 from __future__ import annotations
@@ -53,18 +56,25 @@ def _timed_out() -> StreamError:
     return StreamError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
 
+def _connect(path: str) -> socket.socket:
+    """A connection to the call socket at ``path``; StreamError (UNAVAILABLE, nothing sent)
+    when it cannot be made."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise StreamError(grpc.StatusCode.UNAVAILABLE,
+                          f"failed to connect to {path}: {exc.strerror or exc}") from None
+    return sock
+
+
 class CallStream:
     """One open connection to a runtime's call socket. Thread-safe: calls may run
     concurrently (on a worker of capacity > 1, at once)."""
 
     def __init__(self, path: str, name: str, capacity: int = 1) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._sock.connect(path)
-        except OSError as exc:
-            self._sock.close()
-            raise StreamError(grpc.StatusCode.UNAVAILABLE,
-                              f"failed to connect to {path}: {exc.strerror or exc}") from None
+        self._sock = _connect(path)
         self._reader = frames.FrameReader(self._sock)
         self._lock = threading.Lock()  # the connection's state; a lock-step call holds it
         self._send_lock = threading.Lock()
@@ -174,3 +184,64 @@ class CallStream:
                 self._sock.close()  # nobody reads it now
         for answer in waiting.values():
             answer.put(self._broken)
+
+
+class ChunkStream:
+    """One streamed call on a connection of its own: iterate it for the call's chunks (the
+    last one ``is_final``). Like a gRPC server stream: ``cancel()`` (from any thread) stops
+    it, ``is_active()`` says whether it still runs; iterating raises StreamError
+    (DEADLINE_EXCEEDED past ``timeout`` seconds, UNAVAILABLE when the connection broke or
+    was cancelled)."""
+
+    def __init__(
+        self, path: str, request: pb.ExecuteRequest, timeout: float,
+        metadata: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self._deadline = time.time() + timeout
+        frame = pb.CallFrame(id=1, stream=request, deadline=self._deadline)
+        if metadata:
+            frame.metadata.update(metadata)
+        self._sock = _connect(path)
+        self._reader = frames.FrameReader(self._sock)
+        self._active = True
+        try:
+            frames.send(self._sock, frame)
+        except OSError:
+            self._end()
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, _ENDED) from None
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> pb.StreamChunk:
+        if not self._active:
+            raise StopIteration
+        try:
+            self._sock.settimeout(max(0.001, self._deadline - time.time()))
+            chunk = pb.StreamChunk.FromString(self._reader.read())
+        except TimeoutError:
+            self._end()
+            raise _timed_out() from None
+        except (OSError, EOFError, frames.FrameError, DecodeError):
+            self._end()
+            raise StreamError(grpc.StatusCode.UNAVAILABLE, _ENDED) from None
+        if chunk.is_final:
+            self._end()
+        return chunk
+
+    def is_active(self) -> bool:
+        return self._active
+
+    def cancel(self) -> None:
+        """Stop the stream: the runtime stops the tool at its next chunk."""
+        self._active = False
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread reading it
+
+    def close(self) -> None:
+        """Let the connection go (by the thread that iterates it, once done with it)."""
+        self._end()
+
+    def _end(self) -> None:
+        self._active = False
+        self._sock.close()

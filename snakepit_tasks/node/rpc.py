@@ -156,6 +156,8 @@ class WorkerCalls:
             if cancelled.is_set():
                 return _halted(count, labels)
             raise self._failure(worker, generation, command, exc, timeout) from None
+        finally:
+            rpc.close()
         if cancelled.is_set():
             return _halted(count, labels)
         raise WorkerCrashed(
@@ -183,9 +185,12 @@ class WorkerCalls:
             self._mark_dead(worker, generation)
             raise WorkerGone(worker.worker_id)
         try:
-            if method == "Execute":  # on the worker's one Calls stream (see call_stream)
+            if method == "Execute":  # on the worker's call socket (see call_stream)
                 stream = worker.call_stream()
                 return generation, stream.call(request, remaining, tracing.grpc_metadata())
+            if method == "ExecuteStream":  # a connection of its own to the call socket
+                return generation, worker.open_stream(request, remaining,
+                                                      tracing.grpc_metadata())
             call = getattr(stub, method)
             return generation, call(request, timeout=remaining, metadata=tracing.grpc_metadata())
         except ValueError:  # its channel was closed: the worker is being replaced

@@ -22,7 +22,7 @@ from ..bridge.limits import MAX_MESSAGE_BYTES
 from ..errors import ConfigurationError
 from ..processes import ExitStatus
 from . import output
-from .call_stream import CallStream
+from .call_stream import CallStream, ChunkStream
 from .zygote import ForkedProcess, Zygote, ZygoteUnavailable
 
 log = logging.getLogger("snakepit_tasks.node")
@@ -286,6 +286,17 @@ class AdapterWorker:
                 stream = self._calls = CallStream(self.calls_path, self.worker_id,
                                                   self.capacity)
             return stream
+
+    def open_stream(
+        self, request: pb.ExecuteRequest, timeout: float,
+        metadata: list[tuple[str, str]] | None = None,
+    ) -> ChunkStream:
+        """A streamed call on a connection of its own to this runtime's call socket. Raises
+        ValueError when its channel was closed (being replaced), StreamError (UNAVAILABLE)
+        when the runtime cannot be reached."""
+        if self.stub is None or self.channel is None:
+            raise ValueError(f"worker {self.worker_id} has no channel")
+        return ChunkStream(self.calls_path, request, timeout, metadata)
 
     def _close_channel(self) -> None:
         with self._calls_lock:

@@ -239,3 +239,69 @@ def test_a_missing_call_socket_fails_as_never_sent(run_dir: str) -> None:
     with pytest.raises(StreamError, match="failed to connect") as info:
         CallStream(os.path.join(run_dir, "c8.sock"), "absent")
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def chunks_of(worker: AdapterWorker, on_chunk: list[int], cancelled: threading.Event,
+              tool: str, timeout: float = 20.0, **args: object) -> object:
+    return calls().stream(worker, tool, args, deadline=time.time() + timeout,
+                          on_chunk=lambda seq, data: on_chunk.append(seq), cancelled=cancelled,
+                          timeout=timeout)
+
+
+def test_a_stream_has_a_connection_of_its_own_and_ends_with_its_result(run_dir: str) -> None:
+    worker = started(run_dir)
+    seen: list[int] = []
+    try:
+        calls_before = worker.call_stream()
+        result = chunks_of(worker, seen, threading.Event(), "stream_count", n=50)
+        assert seen == list(range(1, 51))
+        assert isinstance(result, dict) and result["count"] == 50
+        assert worker.call_stream() is calls_before and not calls_before.broken
+        stream = worker.open_stream(request("stream_count", n=3), 10.0)
+        got = list(stream)
+        assert [c.seq for c in got] == [1, 2, 3, 4] and got[-1].is_final
+        assert not stream.is_active()
+    finally:
+        worker.stop(1.0)
+
+
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_a_cancelled_stream_stops_its_tool_and_frees_the_worker(
+    run_dir: str, capacity: int,
+) -> None:
+    worker = started(run_dir, capacity)
+    seen: list[int] = []
+    cancelled = threading.Event()
+    try:
+        def cancel_soon() -> None:
+            deadline = time.time() + 10
+            while len(seen) < 3 and time.time() < deadline:
+                time.sleep(0.01)
+            cancelled.set()
+
+        threading.Thread(target=cancel_soon).start()
+        result = chunks_of(worker, seen, cancelled, "stream_count", n=10_000, delay=0.02)
+        assert result == {"halted": True, "chunks": len(seen)} and 3 <= len(seen) < 10_000
+        # the tool stops at its next chunk: its slot is free, and nothing runs
+        pong = calls().execute(worker, "ping", {}, deadline=time.time() + 10)
+        assert pong["pid"] == worker.pid
+        assert worker.stub is not None
+        deadline = time.time() + 10
+        while worker.stub.Heartbeat(pb.HeartbeatRequest(seq=1), timeout=5).inflight:
+            assert time.time() < deadline, "the cancelled stream's tool still runs"
+            time.sleep(0.02)
+    finally:
+        worker.stop(1.0)
+
+
+def test_a_stream_past_its_deadline_replaces_a_process_profile_worker(run_dir: str) -> None:
+    worker = started(run_dir)
+    dead: list[int] = []
+    try:
+        with pytest.raises(errors.ExecutionTimeout, match="was killed and is being restarted"):
+            calls(dead).stream(worker, "stream_count", {"n": 1000, "delay": 0.05},
+                               deadline=time.time() + 0.5, on_chunk=lambda s, d: None,
+                               cancelled=threading.Event(), timeout=0.5)
+        assert dead == [1]
+    finally:
+        worker.stop(1.0)
