@@ -35,6 +35,31 @@ def encode(call_id: str, call: Call, trace: dict[str, str] | None = None) -> byt
     return serialization.encode_args(message)
 
 
+def encode_parts(
+    call_id: str, call: Call, trace: dict[str, str] | None = None
+) -> tuple[bytes, bytes]:
+    """A fast-lane message cut where its ``worker`` and ``fallback`` fields go:
+    ``head + encode_middle(worker, fallback) + tail`` is the message :func:`encode` writes for
+    ``call`` with those two fields (the same bytes when the codec writes the parts as it
+    writes the whole; ``broker/fast_send_session.lua`` joins them once it has chosen)."""
+    fields = call.to_kwargs()
+    names = list(fields)
+    at = names.index("worker")
+    before = {name: fields[name] for name in names[:at]}
+    after = {name: fields[name] for name in names[at + 2:]}  # past worker and fallback
+    head = serialization.encode_args({"id": call_id, "call": before})[:-2]  # open: no "}}"
+    tail = b"," + serialization.encode_args(after)[1:] if after else b"}"
+    if trace:
+        return head, tail + b',"trace":' + serialization.encode_args(trace) + b"}"
+    return head, tail + b"}"
+
+
+def encode_middle(worker: str | None, fallback: bool) -> bytes:
+    """The ``worker`` and ``fallback`` fields of a message (see :func:`encode_parts`)."""
+    return (b',"worker":' + serialization.encode_args(worker) + b',"fallback":'
+            + (b"true" if fallback else b"false"))
+
+
 def decode(raw: bytes) -> tuple[str, dict[str, Any]]:
     """The id and task keyword arguments of a fast-lane message; ValueError when it is not
     one (the node turns that into a dead letter)."""
@@ -69,7 +94,9 @@ def send(
     The wait for the reply rides in the same round trip as the push. ``admission`` (the
     pool's circuit breaker) is settled in routing's round trip: a call to its pool's list (no
     session, nothing required of the host) is admitted, checked, pushed and waited for in one
-    round trip (``broker/fast_send.lua``); other calls are routed first (one or two trips).
+    round trip (``broker/fast_send.lua``), and so is a call of a session bound where this
+    process saw it last (``broker/fast_send_session.lua``); other calls are routed first
+    (one or two trips).
     """
     call = routing.parse(settings, args, kwargs)
     call_id = str(uuid.uuid4())
@@ -79,9 +106,12 @@ def send(
         with tracing.span(f"snakepit.publish {call.command}", {"snakepit.call_id": call_id},
                           kind="producer"):
             block = replies.block_seconds(wait_until) if wait_until is not None else None
+            sent: tuple[routing.Route, bytes | None] | None
             if routing.is_plain(settings, call):
-                route, body = _send_plain(settings, r, call, call_id, admission, block)
-            else:
+                sent = _send_plain(settings, r, call, call_id, admission, block)
+            else:  # a bound session's call: one round trip too, while it is bound as seen
+                sent = _send_session(settings, r, call, call_id, admission, block)
+            if sent is None:
                 route = routing.route(settings, call, admission)
                 with r.pipeline(transaction=False) as pipe:
                     pipe.lpush(route.fast_queue, encode(call_id, route.call, tracing.inject({})))
@@ -89,6 +119,8 @@ def send(
                         pipe.blpop([keys.reply(call_id)], timeout=block)
                     answers = pipe.execute()
                 body = replies.popped(answers[1]) if block is not None else None
+            else:
+                route, body = sent
     except BaseException:
         zero_copy_process.discard_own(call.args)  # not sent: its large arguments are freed
         raise
@@ -135,3 +167,52 @@ def _send_plain(
         raise routing.queue_full(settings, r, pool, queue_name, waiting)
     body = replies.popped(answers[1]) if block is not None else None
     return routing.Route(call=call, queue=declare_queue(queue_name)), body
+
+
+def _send_session(
+    settings: Settings,
+    r: Any,
+    call: Call,
+    call_id: str,
+    admission: Admission | None,
+    block: float | None,
+) -> tuple[routing.Route, bytes | None] | None:
+    """Route, admit, check, push and (``block`` seconds) wait for a call of a bound session in
+    one round trip: ``broker/fast_send_session.lua`` and a BLPOP of the reply list behind it
+    (a refusal is pushed there when it sends nothing). Raises what routing raises, having
+    sent nothing (a hint session whose worker is gone or tainted is unbound even so, as
+    routing does). None, having done nothing, for a call :func:`routing.session_send` leaves
+    to routing, or when the session is no longer bound where this process saw it last:
+    routing takes the call the long way then."""
+    session = routing.session_send(settings, call)
+    if session is None:
+        return None
+    call = session.call
+    pool, node = session.pool, session.node
+    breaker_keys, breaker_args = routing.breaker_script_args(admission, pool)
+    reply_key = keys.reply(call_id)
+    node_lists = kombu_redis.queue_lists(keys.node_queue(node))
+    script_keys = [*breaker_keys, keys.session(session.session_id), keys.sessions(),
+                   keys.pool_alive(pool), reply_key, keys.node_lease(node),
+                   keys.node_workers(node), keys.busy(node), keys.taint(session.worker),
+                   keys.fast_node_queue(node), keys.fast_pool_queue(pool), *node_lists,
+                   *kombu_redis.queue_lists(keys.pool_queue(pool))]
+    head, tail = encode_parts(call_id, call, tracing.inject({}))
+    script_args = [*breaker_args, settings.pool_max_queue_size, session.worker, node,
+                   call.affinity or "hint", "0" if session.reentry is None else "1",
+                   session.session_id, len(node_lists), head, tail,
+                   encode_middle(session.worker, call.fallback),  # the bound worker's
+                   encode_middle(call.worker, True),  # a hint call's fallback
+                   encode_middle(call.worker, call.fallback),  # rebound: as it is
+                   "0" if block is None else "1", REFUSAL_TTL_MS]
+    with r.pipeline(transaction=False) as pipe:
+        # EVAL, not EVALSHA: a script Redis lost (a restart) must not leave the BLPOP waiting.
+        pipe.eval(lua.compact("fast_send_session"), len(script_keys), *script_keys,
+                  *script_args)
+        if block is not None:
+            pipe.blpop([reply_key], timeout=block)
+        answers = pipe.execute()
+    route = routing.session_sent(settings, r, session, answers[0], admission)
+    if route is None:
+        return None
+    return route, replies.popped(answers[1]) if block is not None else None

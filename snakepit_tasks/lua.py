@@ -28,9 +28,11 @@ def source(name: str) -> str:
 
 @functools.cache
 def compact(name: str) -> str:
-    """:func:`source` without its comment lines: what ``EVAL`` sends (Redis compiles a script
-    once and finds it again by its SHA)."""
-    return "\n".join(line for line in source(name).splitlines()
+    """:func:`source` without its comment lines and indentation: what ``EVAL`` sends (Redis
+    compiles a script once and finds it again by its SHA). Under 6,000 bytes, redis-py writes
+    a script together with its arguments (and the commands behind it, while they fit), not
+    in a write of its own."""
+    return "\n".join(line.strip() for line in source(name).splitlines()
                      if line.strip() and not line.lstrip().startswith("--"))
 
 

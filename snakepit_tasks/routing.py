@@ -363,38 +363,153 @@ def _session_route(
 ) -> tuple[Call, str, int]:
     """Route a call of a bound session according to its affinity mode, from its worker's
     ``state`` (:func:`_worker_state_into`): the call, its queue, and how many calls wait in
-    the node's queues."""
-    mode = call.affinity
+    the node's queues. ``broker/fast_send_session.lua`` decides the same way (see
+    :func:`session_sent`)."""
+    mode = call.affinity or "hint"
     pool = call.pool or ""
     alive, snapshot, busy_count, tainted, *lengths = state
     waiting = int(sum(lengths))
     gone = not alive or not snapshot
     info = json.loads(snapshot) if snapshot else {}
     busy = int(busy_count or 0) >= int(info.get("capacity", 1))
-    details = {"session_id": session_id, "worker_id": worker, "node": node}
     if gone or tainted:
-        why = "tainted after a crash" if tainted and not gone else "gone"
+        why = "tainted" if tainted and not gone else "gone"
         if mode != "hint":
-            raise SessionWorkerUnavailable(
-                f"session {session_id!r} is bound to worker {worker}, which is {why} "
-                f"(affinity {mode}); start a new session or use affinity='hint'",
-                details,
-            )
+            raise _unavailable(session_id, worker, node, mode, why)
         session_store.unbind(r, session_id)  # the next worker to run it binds it
-        _bindings.pop(session_id, None)
-        telemetry.emit(("snakepit", "session", "rebound"), {}, {
-            "session_id": session_id, "pool": pool, "worker_id": worker, "reason": why})
+        _rebound(session_id, pool, worker, why)
         return call, keys.pool_queue(pool), waiting
-    check_reentry(session_id, worker, mode or "hint", busy)  # from a host tool it waits for
+    check_reentry(session_id, worker, mode, busy)  # from a host tool it waits for
     if busy and mode == "strict_fail_fast":
-        raise WorkerBusy(
-            f"session {session_id!r}: worker {worker} is busy (affinity strict_fail_fast)",
-            details,
-        )
+        raise _worker_busy(session_id, worker, node)
     if busy and mode == "hint":
         # run anywhere, keep the binding
         return call.replace(fallback=True), keys.pool_queue(pool), waiting
     return call.replace(worker=worker), keys.node_queue(node), waiting
+
+
+_WHY = {"gone": "gone", "tainted": "tainted after a crash"}
+
+
+def _unavailable(
+    session_id: str, worker: str, node: str, mode: str, why: str
+) -> SessionWorkerUnavailable:
+    """The error of a strict-affinity call whose worker is ``why`` ('gone', 'tainted')."""
+    return SessionWorkerUnavailable(
+        f"session {session_id!r} is bound to worker {worker}, which is {_WHY[why]} "
+        f"(affinity {mode}); start a new session or use affinity='hint'",
+        {"session_id": session_id, "worker_id": worker, "node": node},
+    )
+
+
+def _worker_busy(session_id: str, worker: str, node: str) -> WorkerBusy:
+    return WorkerBusy(
+        f"session {session_id!r}: worker {worker} is busy (affinity strict_fail_fast)",
+        {"session_id": session_id, "worker_id": worker, "node": node},
+    )
+
+
+def _rebound(session_id: str, pool: str, worker: str, why: str) -> None:
+    """A hint-affinity session unbound from its gone or tainted worker: forgotten here,
+    emitted."""
+    _bindings.pop(session_id, None)
+    telemetry.emit(("snakepit", "session", "rebound"), {}, {
+        "session_id": session_id, "pool": pool, "worker_id": worker, "reason": _WHY[why]})
+
+
+# -- a bound session's call in the fast lane's one round trip ------------------------------
+
+
+@dataclass(frozen=True)
+class SessionSend:
+    """What ``broker/fast_send_session.lua`` needs to route a call of a bound session: the
+    call (its affinity mode set), the binding this process saw last (``worker`` on
+    ``node``), and the error a host-tool re-entry would raise (None: it cannot be one)."""
+
+    call: Call
+    worker: str
+    node: str
+    reentry: WorkerBusy | None
+
+    @property
+    def pool(self) -> str:
+        return self.call.pool or ""
+
+    @property
+    def session_id(self) -> str:
+        return self.call.session_id or ""
+
+    def routed(self, route: str) -> Call:
+        """The call as the route the script chose carries it (as :func:`_session_route`
+        makes it)."""
+        if route == "worker":
+            return self.call.replace(worker=self.worker)
+        if route == "fallback":
+            return self.call.replace(fallback=True)
+        return self.call
+
+
+def session_send(settings: Settings, call: Call) -> SessionSend | None:
+    """How ``broker/fast_send_session.lua`` can route ``call`` in one round trip: a call of
+    a session whose binding this process has seen, that requires nothing of its host. None
+    for any other call (:func:`route` routes it)."""
+    session_id = call.session_id
+    guess = _bindings.get(session_id) if session_id else None
+    if guess is None or not session_id:
+        return None
+    pool = call.pool or settings.default_pool_name
+    if required(settings, pool, call.requires):
+        return None
+    call = call.replace(affinity=affinity_for(settings, pool, call.affinity))
+    worker, node = guess
+    try:  # the error it would be, were the worker busy
+        check_reentry(session_id, worker, call.affinity or "hint", True)
+        reentry = None
+    except WorkerBusy as exc:
+        reentry = exc
+    return SessionSend(call=call, worker=worker, node=node, reentry=reentry)
+
+
+def session_sent(
+    settings: Settings, r: Any, send: SessionSend, reply: list[Any],
+    admission: Admission | None = None,
+) -> Route | None:
+    """The route ``broker/fast_send_session.lua`` took (``reply``), or raise what
+    :func:`route` raises for the same state (CircuitOpen, NoWorkersAvailable,
+    SessionWorkerUnavailable, WorkerBusy, QueueFull), with the same side effects (the
+    ``rebound`` event). None when the session is no longer bound to the worker ``send``
+    names: nothing was done, and :func:`route` routes the call (the binding found is
+    remembered for it)."""
+    status, waiting = connections.text(reply[0]), int(reply[1])
+    route, why = connections.text(reply[3]), connections.text(reply[4])
+    session_id, pool = send.session_id, send.pool
+    if status == "changed":
+        found = (route, why)  # the binding the script found instead
+        if all(found):
+            _remember(session_id, found)
+        else:
+            _bindings.pop(session_id, None)
+        return None
+    if admission is not None:
+        admission.settle(reply[2])  # CircuitOpen when it refused
+    if status == "gone":
+        raise missing_pool_error(settings, r, pool)
+    worker, node = send.worker, send.node
+    if status == "unavailable":
+        raise _unavailable(session_id, worker, node, send.call.affinity or "hint", why)
+    if status == "reentrant" and send.reentry is not None:
+        raise send.reentry
+    if status == "busy":
+        raise _worker_busy(session_id, worker, node)
+    if route == "rebound":
+        _rebound(session_id, pool, worker, why)
+    queue_name = keys.node_queue(node) if route == "worker" else keys.pool_queue(pool)
+    if status == "full":
+        raise queue_full(settings, r, pool, queue_name, waiting)
+    if status != "sent":
+        raise AssertionError(f"fast_send_session.lua answered {status!r}")
+    return Route(call=send.routed(route), queue=declare_queue(queue_name),
+                 node=node if route == "worker" else None)
 
 
 def missing_pool_error(settings: Settings, r: Any, pool: str) -> SnakepitError:

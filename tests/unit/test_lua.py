@@ -13,11 +13,18 @@ def test_an_include_puts_the_other_script_in_front_as_a_function() -> None:
     assert "circuit_breaker({KEYS[1], KEYS[2]}" in rest
 
 
-def test_compact_drops_comment_lines_only() -> None:
+def test_compact_drops_comment_lines_and_indentation_only() -> None:
     compact = lua.compact("fast_send")
     lines = compact.splitlines()
     assert not any(line.lstrip().startswith("--") or not line.strip() for line in lines)
-    code = [line for line in lua.source("fast_send").splitlines()
+    code = [line.strip() for line in lua.source("fast_send").splitlines()
             if line.strip() and not line.lstrip().startswith("--")]
-    assert lines == code
+    assert lines == code, "comment lines and indentation dropped, nothing else"
     assert len(compact) < 0.6 * len(lua.source("fast_send"))
+
+
+def test_the_send_scripts_are_not_written_alone() -> None:
+    """redis-py writes an argument over 6,000 bytes on its own: under that, a script goes out
+    with its keys and arguments (see lua.compact)."""
+    assert len(lua.compact("fast_send")) < 6000
+    assert len(lua.compact("fast_send_session")) < 6000
