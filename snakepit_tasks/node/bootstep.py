@@ -13,12 +13,11 @@ from celery import bootsteps, signals
 from .. import keys, processes
 from ..errors import DeviceNotAvailable
 from ..telemetry import logs
-from . import console
+from . import console, prestart
 from .intake import install as install_intake
 from .node import Node
 from .task_events import TaskEvents
 from .worker import WorkerStartError
-from .workerset import pool_env
 from .zygote import Zygote, ZygoteUnavailable
 
 log = logging.getLogger("snakepit_tasks.node")
@@ -49,8 +48,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         if settings.broker.startswith(("redis://", "rediss://", "unix://")):
             install(settings.broker)
         console.install()  # before Celery's banner shows the broker URL
-        name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
-        self.pool = settings.pool(name)
+        self.pool = prestart.node_pool(settings, snakepit_pool)
         self.node: Node | None = None
         self.count = int(snakepit_workers or self.pool.pool_size)
         # Two threads per worker slot: one runs, one may wait for a pinned (session) worker
@@ -58,16 +56,20 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         worker.concurrency = 2 * self.count * self.pool.capacity
         worker.min_concurrency = worker.concurrency  # the Pool step copied the old value
         watch_parent()
-        # The workers' zygote imports the runtime while Celery boots (see node.zygote).
+        # The workers' zygote imports the runtime while Celery boots (see node.zygote): the
+        # one the entry started (node.prestart), else one started now.
         self.zygote: Zygote | None = None
+        early, app.snakepit_zygote = getattr(app, "snakepit_zygote", None), None
         if settings.worker_start_method == "fork":
-            self.zygote = Zygote(pool_env(settings, self.pool), name=worker.hostname,
-                                 instance=settings.instance_name)
-            try:
-                self.zygote.start()
-            except ZygoteUnavailable as exc:
-                log.warning("%s; workers start in fresh interpreters", exc)
-                self.zygote = None
+            env = prestart.pool_env(settings, self.pool)
+            self.zygote = prestart.adopt(early, self.pool, env, worker.hostname)
+            if self.zygote is None:
+                self.zygote = Zygote(env, name=worker.hostname, instance=settings.instance_name)
+                try:
+                    self.zygote.start()
+                except ZygoteUnavailable as exc:
+                    log.warning("%s; workers start in fresh interpreters", exc)
+                    self.zygote = None
         if settings.task_events:
             # Flower watches: send task events, and worker heartbeats (even when started with
             # --without-heartbeat), else Flower lists the node as offline.

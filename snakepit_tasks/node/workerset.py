@@ -22,11 +22,12 @@ from ..hardware import worker_device
 from ..telemetry.logs import level_for
 from . import run_dirs
 from .heartbeat import Heartbeats
+from .prestart import pool_env
 from .registry import ProcessRegistry
 from .restarts import RestartLimit
 from .rpc import WorkerCalls, WorkerGone
 from .slots import NodeDraining, Slots
-from .worker import AdapterWorker, WorkerStartError, process_ended, settings_env, worker_env
+from .worker import AdapterWorker, WorkerStartError, process_ended
 from .zygote import Zygote
 
 __all__ = ["NodeDraining", "WorkerGone", "WorkerSet"]
@@ -41,12 +42,6 @@ def runtime_args(settings: Settings) -> list[str]:
     if settings.otel_enabled:
         args += ["--otel-setup", settings.otel_setup]
     return args
-
-
-def pool_env(settings: Settings, pool: PoolConfig) -> dict[str, str]:
-    """The environment the workers of ``pool`` start with (before their device variables)."""
-    return worker_env(dict(os.environ), pool.worker_profile,
-                      {**settings_env(settings), **pool.adapter_env})
 
 
 class WorkerSet:
