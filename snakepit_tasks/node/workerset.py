@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -157,19 +158,7 @@ class WorkerSet:
                 if first:
                     time.sleep(delay)
                 group = self.workers[first : first + batch]
-                for w in group:
-                    w.spawn()
-                    self._record(w)
-                errors: list[WorkerStartError] = []
-                for w in group:
-                    try:
-                        w.wait_ready(timeout)
-                    except WorkerStartError as exc:
-                        errors.append(exc)
-                if errors:
-                    raise errors[0]
-                for w in group:
-                    self._watch(w)
+                self._start_batch(group, timeout)
         except BaseException:
             self.stop(grace=1.0)
             raise
@@ -182,6 +171,31 @@ class WorkerSet:
         self._supervisor.start()
         if self.settings.heartbeat_enabled:
             self._heartbeats.start()
+
+    def _start_batch(self, group: list[AdapterWorker], timeout: float) -> None:
+        """Spawn ``group`` (from this thread: see _supervise) and wait for each worker from a
+        thread of its own, as soon as it is spawned: a worker's handshake (its channel and
+        Describe) overlaps the others' start. Raises the first worker's WorkerStartError."""
+        waiting = futures.ThreadPoolExecutor(len(group), thread_name_prefix="snakepit-start")
+        try:
+            waits = []
+            for w in group:
+                w.spawn()
+                self._record(w)
+                waits.append(waiting.submit(w.wait_ready, timeout))
+            errors: list[WorkerStartError] = []
+            for done in waits:
+                exc = done.exception()
+                if isinstance(exc, WorkerStartError):
+                    errors.append(exc)
+                elif exc is not None:
+                    raise exc
+        finally:
+            waiting.shutdown(wait=False)  # on a failure, stop() ends the waits
+        if errors:
+            raise errors[0]
+        for w in group:
+            self._watch(w)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop every worker: SIGTERM, ``grace`` seconds, SIGKILL. Idempotent."""
