@@ -50,6 +50,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         console.install()  # before Celery's banner shows the broker URL
         self.pool = prestart.node_pool(settings, snakepit_pool)
         self.node: Node | None = None
+        self._started_ms: str = ""  # process start → this step's start (the debug log)
         self.count = int(snakepit_workers or self.pool.pool_size)
         # Two threads per worker slot: one runs, one may wait for a pinned (session) worker
         # without leaving another idle worker of this node unfed.
@@ -95,6 +96,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
             # await_ready() never wait on a node that is still starting.
             if self.node is not None:
                 self.node.publish(app)
+                log.debug("node %s: published %s ms after its process started (node step at "
+                          "%s ms)", self.node.name, process_age_ms(), self._started_ms)
 
         signals.worker_ready.connect(ready, weak=False)
         signals.worker_shutting_down.connect(shutting_down, weak=False)
@@ -102,6 +105,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         self._handlers = (ready, shutting_down, shutdown)
 
     def start(self, worker: Any) -> None:
+        self._started_ms = process_age_ms()
         if getattr(worker, "quiet", False):
             console.quiet_shutdown(worker)
         settings = worker.app.snakepit_settings
@@ -143,3 +147,16 @@ def watch_parent() -> None:
         return
     processes.set_parent_death_signal(signal.SIGTERM)
     processes.watch_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+
+def process_age_ms() -> str:
+    """How long ago this process started, in ms (``/proc``, 10 ms steps; "?" elsewhere)."""
+    ticks = processes.process_start_time(os.getpid())
+    try:
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError):
+        return "?"
+    if ticks is None:
+        return "?"
+    return f"{(uptime - ticks / os.sysconf('SC_CLK_TCK')) * 1000:.0f}"

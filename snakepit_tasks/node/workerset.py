@@ -173,16 +173,21 @@ class WorkerSet:
             self._heartbeats.start()
 
     def _start_batch(self, group: list[AdapterWorker], timeout: float) -> None:
-        """Spawn ``group`` (from this thread: see _supervise) and wait for each worker from a
-        thread of its own, as soon as it is spawned: a worker's handshake (its channel and
-        Describe) overlaps the others' start. Raises the first worker's WorkerStartError."""
+        """Spawn ``group`` (from this thread: see _supervise), then record and wait for each
+        worker from a thread of its own, as soon as it is spawned: its registry entry and
+        handshake (channel, Describe) overlap the other workers' start (the run is noted in
+        the registry already: a sweep finds a worker killed before its entry). Raises the
+        first worker's WorkerStartError."""
+        def record_and_wait(w: AdapterWorker) -> None:
+            self._record(w)
+            w.wait_ready(timeout)
+
         waiting = futures.ThreadPoolExecutor(len(group), thread_name_prefix="snakepit-start")
         try:
             waits = []
             for w in group:
                 w.spawn()
-                self._record(w)
-                waits.append(waiting.submit(w.wait_ready, timeout))
+                waits.append(waiting.submit(record_and_wait, w))
             errors: list[WorkerStartError] = []
             for done in waits:
                 exc = done.exception()
