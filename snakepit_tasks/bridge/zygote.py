@@ -38,9 +38,6 @@ from . import runtime
 
 #: The largest packet the node sends (a worker's arguments and environment).
 MAX_REQUEST_BYTES = 1 << 20
-#: Bytes of command line reserved for the workers' (``--reserve``): a forked worker can only
-#: show a command line as long as the zygote's own.
-CMDLINE_RESERVE = 4096
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -162,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     # Carried on the command line so orphan sweeps can recognise it (see node.orphans).
     parser.add_argument("--run-id", default="")
     parser.add_argument("--instance", default="")
+    # A forked worker can only show a command line as long as the zygote's own: the node
+    # passes a long one (see node.zygote.CMDLINE_RESERVE).
     parser.add_argument("--reserve", default="", help="room for the workers' command lines")
     ns = parser.parse_args(argv)
     processes.set_parent_death_signal(signal.SIGKILL)

@@ -13,12 +13,11 @@ from celery import bootsteps, signals
 from .. import keys, processes
 from ..errors import DeviceNotAvailable
 from ..telemetry import logs
-from . import console
+from . import console, prestart
 from .intake import install as install_intake
 from .node import Node
 from .task_events import TaskEvents
 from .worker import WorkerStartError
-from .workerset import pool_env
 from .zygote import Zygote, ZygoteUnavailable
 
 log = logging.getLogger("snakepit_tasks.node")
@@ -49,25 +48,29 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         if settings.broker.startswith(("redis://", "rediss://", "unix://")):
             install(settings.broker)
         console.install()  # before Celery's banner shows the broker URL
-        name = snakepit_pool or os.environ.get("SNAKEPIT_NODE_POOL") or settings.default_pool_name
-        self.pool = settings.pool(name)
+        self.pool = prestart.node_pool(settings, snakepit_pool)
         self.node: Node | None = None
+        self._started_ms: str = ""  # process start → this step's start (the debug log)
         self.count = int(snakepit_workers or self.pool.pool_size)
         # Two threads per worker slot: one runs, one may wait for a pinned (session) worker
         # without leaving another idle worker of this node unfed.
         worker.concurrency = 2 * self.count * self.pool.capacity
         worker.min_concurrency = worker.concurrency  # the Pool step copied the old value
         watch_parent()
-        # The workers' zygote imports the runtime while Celery boots (see node.zygote).
+        # The workers' zygote imports the runtime while Celery boots (see node.zygote): the
+        # one the entry started (node.prestart), else one started now.
         self.zygote: Zygote | None = None
+        early, app.snakepit_zygote = getattr(app, "snakepit_zygote", None), None
         if settings.worker_start_method == "fork":
-            self.zygote = Zygote(pool_env(settings, self.pool), name=worker.hostname,
-                                 instance=settings.instance_name)
-            try:
-                self.zygote.start()
-            except ZygoteUnavailable as exc:
-                log.warning("%s; workers start in fresh interpreters", exc)
-                self.zygote = None
+            env = prestart.pool_env(settings, self.pool)
+            self.zygote = prestart.adopt(early, self.pool, env, worker.hostname)
+            if self.zygote is None:
+                self.zygote = Zygote(env, name=worker.hostname, instance=settings.instance_name)
+                try:
+                    self.zygote.start()
+                except ZygoteUnavailable as exc:
+                    log.warning("%s; workers start in fresh interpreters", exc)
+                    self.zygote = None
         if settings.task_events:
             # Flower watches: send task events, and worker heartbeats (even when started with
             # --without-heartbeat), else Flower lists the node as offline.
@@ -93,6 +96,8 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
             # await_ready() never wait on a node that is still starting.
             if self.node is not None:
                 self.node.publish(app)
+                log.debug("node %s: published %s ms after its process started (node step at "
+                          "%s ms)", self.node.name, process_age_ms(), self._started_ms)
 
         signals.worker_ready.connect(ready, weak=False)
         signals.worker_shutting_down.connect(shutting_down, weak=False)
@@ -100,6 +105,7 @@ class SnakepitNodeStep(bootsteps.StartStopStep):
         self._handlers = (ready, shutting_down, shutdown)
 
     def start(self, worker: Any) -> None:
+        self._started_ms = process_age_ms()
         if getattr(worker, "quiet", False):
             console.quiet_shutdown(worker)
         settings = worker.app.snakepit_settings
@@ -141,3 +147,16 @@ def watch_parent() -> None:
         return
     processes.set_parent_death_signal(signal.SIGTERM)
     processes.watch_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+
+def process_age_ms() -> str:
+    """How long ago this process started, in ms (``/proc``, 10 ms steps; "?" elsewhere)."""
+    ticks = processes.process_start_time(os.getpid())
+    try:
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError):
+        return "?"
+    if ticks is None:
+        return "?"
+    return f"{(uptime - ticks / os.sysconf('SC_CLK_TCK')) * 1000:.0f}"

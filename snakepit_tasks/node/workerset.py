@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -22,11 +23,12 @@ from ..hardware import worker_device
 from ..telemetry.logs import level_for
 from . import run_dirs
 from .heartbeat import Heartbeats
+from .prestart import pool_env
 from .registry import ProcessRegistry
 from .restarts import RestartLimit
 from .rpc import WorkerCalls, WorkerGone
 from .slots import NodeDraining, Slots
-from .worker import AdapterWorker, WorkerStartError, process_ended, settings_env, worker_env
+from .worker import AdapterWorker, WorkerStartError, process_ended
 from .zygote import Zygote
 
 __all__ = ["NodeDraining", "WorkerGone", "WorkerSet"]
@@ -41,12 +43,6 @@ def runtime_args(settings: Settings) -> list[str]:
     if settings.otel_enabled:
         args += ["--otel-setup", settings.otel_setup]
     return args
-
-
-def pool_env(settings: Settings, pool: PoolConfig) -> dict[str, str]:
-    """The environment the workers of ``pool`` start with (before their device variables)."""
-    return worker_env(dict(os.environ), pool.worker_profile,
-                      {**settings_env(settings), **pool.adapter_env})
 
 
 class WorkerSet:
@@ -162,19 +158,7 @@ class WorkerSet:
                 if first:
                     time.sleep(delay)
                 group = self.workers[first : first + batch]
-                for w in group:
-                    w.spawn()
-                    self._record(w)
-                errors: list[WorkerStartError] = []
-                for w in group:
-                    try:
-                        w.wait_ready(timeout)
-                    except WorkerStartError as exc:
-                        errors.append(exc)
-                if errors:
-                    raise errors[0]
-                for w in group:
-                    self._watch(w)
+                self._start_batch(group, timeout)
         except BaseException:
             self.stop(grace=1.0)
             raise
@@ -187,6 +171,36 @@ class WorkerSet:
         self._supervisor.start()
         if self.settings.heartbeat_enabled:
             self._heartbeats.start()
+
+    def _start_batch(self, group: list[AdapterWorker], timeout: float) -> None:
+        """Spawn ``group`` (from this thread: see _supervise), then record and wait for each
+        worker from a thread of its own, as soon as it is spawned: its registry entry and
+        handshake (channel, Describe) overlap the other workers' start (the run is noted in
+        the registry already: a sweep finds a worker killed before its entry). Raises the
+        first worker's WorkerStartError."""
+        def record_and_wait(w: AdapterWorker) -> None:
+            self._record(w)
+            w.wait_ready(timeout)
+
+        waiting = futures.ThreadPoolExecutor(len(group), thread_name_prefix="snakepit-start")
+        try:
+            waits = []
+            for w in group:
+                w.spawn()
+                waits.append(waiting.submit(record_and_wait, w))
+            errors: list[WorkerStartError] = []
+            for done in waits:
+                exc = done.exception()
+                if isinstance(exc, WorkerStartError):
+                    errors.append(exc)
+                elif exc is not None:
+                    raise exc
+        finally:
+            waiting.shutdown(wait=False)  # on a failure, stop() ends the waits
+        if errors:
+            raise errors[0]
+        for w in group:
+            self._watch(w)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop every worker: SIGTERM, ``grace`` seconds, SIGKILL. Idempotent."""

@@ -14,7 +14,6 @@ import time
 from typing import IO, Any
 
 from .. import processes
-from ..bridge.zygote import CMDLINE_RESERVE
 from . import output
 
 log = logging.getLogger("snakepit_tasks.node")
@@ -26,6 +25,10 @@ READY_TIMEOUT_S = 30.0
 SPAWN_TIMEOUT_S = 10.0
 #: After the zygote died, how long its workers may take to die with it (s).
 ORPHAN_WAIT_S = 5.0
+#: Bytes of command line reserved for the workers' (the zygote's ``--reserve``): a forked
+#: worker can only show a command line as long as the zygote's own. Defined here, not in
+#: bridge.zygote, so that a node starts its zygote without importing the runtime itself.
+CMDLINE_RESERVE = 4096
 
 
 class ZygoteUnavailable(RuntimeError):
@@ -78,6 +81,7 @@ class Zygote:
         self.run_id = run_id
         self.instance = instance
         self.process: subprocess.Popen[bytes] | None = None
+        self._forwarded: subprocess.Popen[bytes] | None = None  # whose output is logged
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()  # one spawn at a time; start/stop
         self._cond = threading.Condition()
@@ -90,13 +94,28 @@ class Zygote:
         self._stopping = False
 
     # -- life cycle ----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, forward: bool = True) -> None:
         """Start the zygote process (it imports the runtime meanwhile; :meth:`spawn` waits
-        for it). Does nothing while one runs."""
+        for it). Does nothing while one runs. ``forward=False``: its output waits in its pipes
+        until :meth:`forward_output` (a node starts it before it knows its own name)."""
         with self._lock:
-            self._start()
+            self._start(forward=forward)
 
-    def _start(self) -> None:
+    def forward_output(self) -> None:
+        """Log the running zygote's output, tagged with :attr:`name` (once per process)."""
+        with self._lock:
+            self._forward()
+
+    def _forward(self) -> None:
+        process = self.process
+        if process is None or process is self._forwarded:
+            return
+        self._forwarded = process
+        assert process.stdout is not None and process.stderr is not None
+        output.forward(process.stdout, f"{self.name}/zygote", "stdout")
+        output.forward(process.stderr, f"{self.name}/zygote", "stderr")
+
+    def _start(self, *, forward: bool = True) -> None:
         if self._failed:
             raise ZygoteUnavailable(self._failed)
         if not self._gone:
@@ -119,9 +138,8 @@ class Zygote:
             raise ZygoteUnavailable(f"cannot start the zygote: {exc}") from exc
         finally:
             theirs.close()
-        assert self.process.stdout is not None and self.process.stderr is not None
-        output.forward(self.process.stdout, f"{self.name}/zygote", "stdout")
-        output.forward(self.process.stderr, f"{self.name}/zygote", "stderr")
+        if forward:
+            self._forward()
         with self._cond:
             self._sock, self._ready, self._gone = ours, False, False
         threading.Thread(target=self._read, args=(ours, self.process), daemon=True,
