@@ -155,6 +155,12 @@ def _to_record(row: tuple[Any, ...]) -> ProcessRecord:
     )
 
 
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` says another connection holds the file's lock."""
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
 class ProcessRegistry:
     """The runtime processes the nodes of one instance started, kept in SQLite.
 
@@ -210,7 +216,10 @@ class ProcessRegistry:
                 conn.close()
 
     def _init_schema(self) -> None:
-        for attempt in (1, 2):
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self._lock:
                     conn = self._connect()
@@ -220,13 +229,18 @@ class ProcessRegistry:
                         conn.close()
                 return
             except sqlite3.OperationalError as exc:  # cannot open, read-only, locked, ...
+                if _is_locked(exc) and time.monotonic() < deadline:
+                    # Another node sets the file up right now (SQLite does not wait for
+                    # it on a journal-mode change): try again shortly.
+                    time.sleep(0.05)
+                    continue
                 raise ConfigurationError(
                     f"cannot use the process registry {str(self.path)!r}: {exc}; set "
                     "data_dir (SNAKEPIT_DATA_DIR) to a writable directory",
                     {"path": str(self.path)},
                 ) from exc
             except sqlite3.DatabaseError as exc:  # not a database, malformed
-                if attempt == 2:
+                if attempt >= 2:
                     raise ConfigurationError(
                         f"the process registry {str(self.path)!r} is unusable: {exc}",
                         {"path": str(self.path)},
@@ -236,7 +250,8 @@ class ProcessRegistry:
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
         """Create the tables (or upgrade an older file) in one transaction."""
-        conn.execute("PRAGMA journal_mode=WAL")
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")  # once per file: it stays WAL
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])

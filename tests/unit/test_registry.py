@@ -11,7 +11,9 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +159,32 @@ def test_unwritable_data_dir_is_a_configuration_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(ConfigurationError, match="data_dir"):
         ProcessRegistry(blocker / "sub", "x", "y")
+
+
+def test_nodes_setting_up_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Two nodes of one instance starting together on a fresh machine both create the file:
+    # SQLite refuses a journal-mode change at once (no busy wait) while the other holds it.
+    script = (
+        "import sys, time\n"
+        "from snakepit_tasks.node.registry import ProcessRegistry\n"
+        "start = float(sys.argv[2])\n"
+        "while time.time() < start:\n"
+        "    pass\n"
+        "ProcessRegistry(sys.argv[1], 'same', 'token')\n"
+    )
+    for round_ in range(8):
+        data_dir = tmp_path / f"round{round_}"
+        start = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(data_dir), str(start)],
+                                  stderr=subprocess.PIPE) for _ in range(4)]
+        try:
+            outcomes = [(p.wait(timeout=60), p.stderr.read() if p.stderr else b"") for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert all(rc == 0 for rc, _ in outcomes), [err.decode()[-400:] for _, err in outcomes]
 
 
 def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
