@@ -1,6 +1,6 @@
 -- fast_send.lua: send one fast-lane call in one round trip, or say why not. Atomically:
---   1. the circuit breaker admits the call (circuit_breaker.lua's 'admit' or 'check'), unless
---      ARGV[1] is '' (no breaker, or admitted already);
+--   1. the circuit breaker admits the call (fast_admit.lua: circuit_breaker.lua's 'admit' or
+--      'check'), unless ARGV[1] is '' (no breaker, or admitted already);
 --   2. a node serves the destination (KEYS[4] exists);
 --   3. fewer than pool_max_queue_size calls wait there (both lanes' lists counted);
 --   4. the call is pushed to the destination's fast-lane list.
@@ -9,7 +9,7 @@
 -- script (same round trip) returns at once. The caller raises the error (CircuitOpen,
 -- NoWorkersAvailable, QueueFull) and records the admitted call's outcome.
 --
--- include: circuit_breaker
+-- include: fast_admit
 -- KEYS[1] circuit state     snakepit:circuit:<pool>[:<tool>]         (see circuit_breaker.lua)
 -- KEYS[2] circuit trials    snakepit:circuit_trials:<pool>[:<tool>]
 -- KEYS[3] the fast-lane list to push to   snakepit:fast:pool:<pool> | snakepit:fast:node:<node>
@@ -33,13 +33,9 @@ local function refuse(status, waiting, breaker)
   return {status, waiting, breaker}
 end
 
-local breaker = {}
-if ARGV[1] ~= '' then
-  breaker = circuit_breaker({KEYS[1], KEYS[2]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-                                                  ARGV[6]})
-  if breaker[3] == '' then
-    return refuse('open', 0, breaker)
-  end
+local breaker = fast_admit(KEYS, ARGV)
+if breaker[3] == '' then
+  return refuse('open', 0, breaker)
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return refuse('gone', 0, breaker)

@@ -6,8 +6,8 @@
 --      snapshot and busy count, its taint. A binding other than the one named (or a snapshot
 --      or busy count that is not what a node writes) ends the script with 'changed': nothing
 --      else is done, and the caller routes the call the long way (routing.route);
---   2. the circuit breaker admits the call (circuit_breaker.lua's 'admit' or 'check'), unless
---      ARGV[1] is '' (no breaker, or admitted already);
+--   2. the circuit breaker admits the call (fast_admit.lua: circuit_breaker.lua's 'admit' or
+--      'check'), unless ARGV[1] is '' (no breaker, or admitted already);
 --   3. a node serves the pool (KEYS[5] exists);
 --   4. the affinity mode (ARGV[10]) decides, from the worker's state:
 --      gone (no lease or no snapshot) or tainted: 'unavailable' unless the mode is 'hint';
@@ -29,7 +29,7 @@
 -- admitted call's outcome. The unbinding of step 4 stays done when step 5 refuses (as in
 -- routing.route).
 --
--- include: circuit_breaker
+-- include: fast_admit
 -- KEYS[1] circuit state     snakepit:circuit:<pool>[:<tool>]         (see circuit_breaker.lua)
 -- KEYS[2] circuit trials    snakepit:circuit_trials:<pool>[:<tool>]
 -- KEYS[3] the session       snakepit:session:<sid>
@@ -94,13 +94,9 @@ if not capacity or busy_count == nil then  -- state routing.route refuses: it sa
 end
 
 -- 2. the breaker
-local breaker = {}
-if ARGV[1] ~= '' then
-  breaker = circuit_breaker({KEYS[1], KEYS[2]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-                                                  ARGV[6]})
-  if breaker[3] == '' then
-    return refuse('open', 0, breaker, '', '')
-  end
+local breaker = fast_admit(KEYS, ARGV)
+if breaker[3] == '' then
+  return refuse('open', 0, breaker, '', '')
 end
 
 -- 3. the pool

@@ -152,20 +152,14 @@ def _send_plain(
     script_args = [*breaker_args, settings.pool_max_queue_size,
                    encode(call_id, call, tracing.inject({})), "0" if block is None else "1",
                    REFUSAL_TTL_MS]
-    with r.pipeline(transaction=False) as pipe:
-        # EVAL, not EVALSHA: a script Redis lost (a restart) must not leave the BLPOP waiting.
-        pipe.eval(lua.compact("fast_send"), len(script_keys), *script_keys, *script_args)
-        if block is not None:
-            pipe.blpop([reply_key], timeout=block)
-        answers = pipe.execute()
-    status, waiting, verdict = connections.text(answers[0][0]), int(answers[0][1]), answers[0][2]
+    sent, body = _eval_and_wait(r, "fast_send", script_keys, script_args, reply_key, block)
+    status, waiting, verdict = connections.text(sent[0]), int(sent[1]), sent[2]
     if admission is not None:
         admission.settle(verdict)  # CircuitOpen when it refused
     if status == "gone":
         raise routing.missing_pool_error(settings, r, pool)
     if status == "full":
         raise routing.queue_full(settings, r, pool, queue_name, waiting)
-    body = replies.popped(answers[1]) if block is not None else None
     return routing.Route(call=call, queue=declare_queue(queue_name)), body
 
 
@@ -205,14 +199,28 @@ def _send_session(
                    encode_middle(call.worker, True),  # a hint call's fallback
                    encode_middle(call.worker, call.fallback),  # rebound: as it is
                    "0" if block is None else "1", REFUSAL_TTL_MS]
+    sent, body = _eval_and_wait(r, "fast_send_session", script_keys, script_args, reply_key,
+                                block)
+    route = routing.session_sent(settings, r, session, sent, admission)
+    if route is None:
+        return None
+    return route, body
+
+
+def _eval_and_wait(
+    r: Any,
+    script: str,
+    script_keys: list[str],
+    script_args: list[Any],
+    reply_key: str,
+    block: float | None,
+) -> tuple[Any, bytes | None]:
+    """Run ``broker/<script>.lua`` and, when ``block`` is given, wait that long for the reply
+    list behind it, in one round trip: the script's reply and the reply popped (or None)."""
     with r.pipeline(transaction=False) as pipe:
         # EVAL, not EVALSHA: a script Redis lost (a restart) must not leave the BLPOP waiting.
-        pipe.eval(lua.compact("fast_send_session"), len(script_keys), *script_keys,
-                  *script_args)
+        pipe.eval(lua.compact(script), len(script_keys), *script_keys, *script_args)
         if block is not None:
             pipe.blpop([reply_key], timeout=block)
         answers = pipe.execute()
-    route = routing.session_sent(settings, r, session, answers[0], admission)
-    if route is None:
-        return None
-    return route, replies.popped(answers[1]) if block is not None else None
+    return answers[0], replies.popped(answers[1]) if block is not None else None

@@ -8,6 +8,14 @@ from snakepit_tasks import lua
 def test_an_include_puts_the_other_script_in_front_as_a_function() -> None:
     text = lua.source("fast_send")
     head, _, rest = text.partition("end\n-- fast_send.lua")
+    assert head.startswith("local function fast_admit(KEYS, ARGV)\n")
+    assert lua.source("fast_admit") in head
+    assert "fast_admit(KEYS, ARGV)" in rest
+
+
+def test_includes_nest() -> None:
+    text = lua.source("fast_admit")
+    head, _, rest = text.partition("end\n-- fast_admit.lua")
     assert head.startswith("local function circuit_breaker(KEYS, ARGV)\n")
     assert lua.source("circuit_breaker") in head
     assert "circuit_breaker({KEYS[1], KEYS[2]}" in rest
