@@ -13,7 +13,17 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from . import connections, keys, kombu_redis, lua, replies, routing, serialization, telemetry
+from . import (
+    connections,
+    keys,
+    kombu_redis,
+    lua,
+    replies,
+    resp,
+    routing,
+    serialization,
+    telemetry,
+)
 from .call import Call
 from .config import Settings
 from .queues import declare_queue
@@ -217,10 +227,13 @@ def _eval_and_wait(
 ) -> tuple[Any, bytes | None]:
     """Run ``broker/<script>.lua`` and, when ``block`` is given, wait that long for the reply
     list behind it, in one round trip: the script's reply and the reply popped (or None)."""
-    with r.pipeline(transaction=False) as pipe:
-        # EVAL, not EVALSHA: a script Redis lost (a restart) must not leave the BLPOP waiting.
-        pipe.eval(lua.compact(script), len(script_keys), *script_keys, *script_args)
-        if block is not None:
-            pipe.blpop([reply_key], timeout=block)
-        answers = pipe.execute()
+    # EVAL, not EVALSHA: a script Redis lost (a restart) must not leave the BLPOP waiting.
+    commands = [resp.pack("EVAL", lua.compact(script), len(script_keys), *script_keys,
+                          *script_args)]
+    if block is not None:
+        commands.append(resp.pack("BLPOP", reply_key, block))
+    answers = resp.round_trip(r, *commands)
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
     return answers[0], replies.popped(answers[1]) if block is not None else None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from . import resp
 
 INCLUDE = "-- include: "
 
@@ -53,3 +56,15 @@ def script(r: redis.Redis, name: str) -> Any:
     if found is None:
         found = _registered[key] = r.register_script(source(name))
     return found
+
+
+def run(r: redis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """Run ``broker/<name>.lua`` on ``r`` in one lean round trip (:mod:`.resp`): EVALSHA,
+    and EVAL when Redis lost the script (a restart). Its reply; an error it raised is raised."""
+    found = script(r, name)
+    answer = resp.round_trip(r, resp.pack("EVALSHA", found.sha, len(keys), *keys, *args))[0]
+    if isinstance(answer, redis.exceptions.NoScriptError):
+        answer = resp.round_trip(r, resp.pack("EVAL", found.script, len(keys), *keys, *args))[0]
+    if isinstance(answer, Exception):
+        raise answer
+    return answer

@@ -92,7 +92,6 @@ class Claims:
         self.pool = pool
         self.node = node
         self.workers = workers
-        self._start_call = lua.script(r, "start_call")
         self._give_up_call = lua.script(r, "give_up_call")
         self._mark_taken = lua.script(r, "mark_taken")
         self._release_claim = lua.script(r, "release_claim")
@@ -211,14 +210,11 @@ class Claims:
         rerun_ok: bool,
         takeover: str = "",
     ) -> tuple[str, str, str, bool, str]:
-        reply: Any = self._start_call(
-            keys=[
-                keys.call_state(call_id),
-                keys.session(session_id),
-                keys.sessions(),
-                keys.busy(self.node),
-            ],
-            args=[
+        reply: Any = lua.run(
+            self.r, "start_call",
+            [keys.call_state(call_id), keys.session(session_id), keys.sessions(),
+             keys.busy(self.node)],
+            [
                 slot.worker_id,
                 self.node,
                 self.pool.name,

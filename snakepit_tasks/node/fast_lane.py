@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .. import connections, fast_lane, keys, lua, routing
+from .. import connections, fast_lane, keys, lua, resp, routing
 from ..call import Call
 from ..errors import SnakepitError
 from ..telemetry import tracing
@@ -151,11 +151,10 @@ class FastLane:
         mark = str(next(self._marks))
         script_keys, args = self.node.claims.fast_take_args(into, clock, self.processing, mark)
         clock_script, take_script = self._clock_script, self._take_script
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.evalsha(clock_script.sha, 1, clock, mark)
-            pipe.blmove(source, into, BLOCK_SECONDS, "RIGHT", "LEFT")
-            pipe.evalsha(take_script.sha, len(script_keys), *script_keys, *args)
-            marked, moved, reply = pipe.execute(raise_on_error=False)
+        marked, moved, reply = resp.round_trip(
+            self.r, resp.pack("EVALSHA", clock_script.sha, 1, clock, mark),
+            resp.pack("BLMOVE", source, into, "RIGHT", "LEFT", BLOCK_SECONDS),
+            resp.pack("EVALSHA", take_script.sha, len(script_keys), *script_keys, *args))
         if isinstance(moved, Exception):
             raise moved
         if isinstance(marked, redis.exceptions.NoScriptError):  # Redis lost it (a restart)

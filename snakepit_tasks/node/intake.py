@@ -36,7 +36,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 from redis.exceptions import ResponseError
 
-from .. import kombu_redis
+from .. import kombu_redis, resp
 from ..call import TASK_NAME
 from ..kombu_redis import (
     UndecodableMessage,
@@ -220,12 +220,11 @@ def _append(self: Any, message: Any, delivery_tag: Any) -> None:
     key, raw = pulled
     delivery = message.delivery_info
     unacked, index = self.unacked_key, self.unacked_index_key
-    with channel_client(self.channel).pipeline() as pipe:
-        pipe.zadd(index, {delivery_tag: time.time()})
-        pipe.hset(unacked, delivery_tag,
-                  dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
-        pipe.lrem(key, 1, raw)
-        pipe.execute()
+    record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+    resp.transaction(channel_client(self.channel), resp.pack("ZADD", index, time.time(),
+                                                             delivery_tag),
+                     resp.pack("HSET", unacked, delivery_tag, record),
+                     resp.pack("LREM", key, 1, raw))
     base.QoS.append(self, message, delivery_tag)
     task_id = (message.headers or {}).get("id")
     if isinstance(task_id, str) and task_id:

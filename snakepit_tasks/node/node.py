@@ -100,7 +100,6 @@ class Node:
         )
         self.workers.on_change = self.lease.changed  # status sees calls within moments
         self.claims = Claims(self.redis, settings, pool, name, self.workers)
-        self._finish_call = lua.script(self.redis, "finish_call")
         self.fast_lane = FastLane(self, threads=2 * self.workers.capacity)
         self.feed = IntakeFeed(self.redis, pool.name, name)
         self._shutdown_timer: threading.Timer | None = None
@@ -520,7 +519,7 @@ class Node:
                 requests, errors, busy_worker or "", "1" if reply_to else "0", body,
                 replies.REPLY_TTL_SECONDS, entry, f"done:{self.name}" if ran else ""]
             if celery is None:
-                self._finish_call(keys=script_keys, args=args)
+                lua.run(self.redis, "finish_call", script_keys, args)
                 return
             with self.redis.pipeline(transaction=True) as pipe:
                 # EVAL, not the script object: in a pipeline that costs a SCRIPT EXISTS first.

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from snakepit_tasks import connections, fast_lane, keys, kombu_redis, routing, telemetry
+from snakepit_tasks import connections, fast_lane, keys, kombu_redis, resp, routing, telemetry
 from snakepit_tasks.call import Call
 from snakepit_tasks.config import Settings, load_settings
 from snakepit_tasks.errors import (
@@ -106,7 +106,8 @@ def rebounds() -> Iterator[list[dict[str, Any]]]:
 
 
 class Trips:
-    """Round trips to Redis: pipelines executed plus commands sent on their own."""
+    """Round trips to Redis: pipelines executed, commands sent on their own, and lean round
+    trips (:func:`snakepit_tasks.resp.round_trip`) on ``r``."""
 
     def __init__(self, r: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
@@ -127,8 +128,16 @@ class Trips:
             self.count += 1
             return execute_command(*args, **kwargs)
 
+        lean = resp.round_trip
+
+        def counted_round_trip(client: Any, *commands: bytes) -> list[Any]:
+            if client is r:
+                self.count += 1
+            return lean(client, *commands)
+
         monkeypatch.setattr(r, "pipeline", counted_pipeline)
         monkeypatch.setattr(r, "execute_command", counted_command)
+        monkeypatch.setattr(resp, "round_trip", counted_round_trip)
 
 
 def send(world: World, *, fast: bool, mode: str | None = None, block: bool = False,

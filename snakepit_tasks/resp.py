@@ -1,0 +1,74 @@
+"""A lean Redis round trip for the synchronous hot paths (the fast lane's send and take).
+
+redis-py's pipeline spends more CPU per call than the rest of a fast-lane call's Python (its
+command stack, per-argument encoding, response callbacks, observability hooks): here the
+commands are packed straight into RESP and written and read on one pooled connection of the
+same client, with the client's own retry and reconnect on a lost connection, as a pipeline
+does. Replies come back as the parser reads them (no response callbacks: a BLPOP's is a list
+or None).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+Arg = str | bytes | int | float
+
+
+def pack(*args: Arg) -> bytes:
+    """One command in RESP: an array of bulk strings (str as UTF-8, numbers as digits)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bool):  # a bool is an int: say so rather than send 0 or 1
+            raise TypeError("a Redis argument cannot be a bool; send '1' or '0'")
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(f"a Redis argument is str, bytes or a number, got {type(arg).__name__}")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def round_trip(r: redis.Redis, *commands: bytes) -> list[Any]:
+    """Send the packed ``commands`` in one write and read their replies, in order. A reply
+    that is an error comes back as its :class:`redis.ResponseError` (as a pipeline's
+    ``execute(raise_on_error=False)``); a lost connection is retried as the client's retry
+    policy says, then raised (redis.ConnectionError / TimeoutError)."""
+    pool = r.connection_pool
+    conn = pool.get_connection()
+    try:
+        return list(conn.retry.call_with_retry(
+            lambda: _exchange(conn, commands), lambda _error: conn.disconnect()))
+    finally:
+        pool.release(conn)
+
+
+def transaction(r: redis.Redis, *commands: bytes) -> list[Any]:
+    """Run the packed ``commands`` in one MULTI/EXEC, in one round trip: their replies (a
+    command's error in its place). Raises what made Redis refuse the whole transaction."""
+    answers = round_trip(r, pack("MULTI"), *commands, pack("EXEC"))
+    for answer in answers[:-1]:
+        if isinstance(answer, Exception):  # refused when queued: EXEC answers EXECABORT
+            raise answer
+    if isinstance(answer := answers[-1], Exception):
+        raise answer
+    return list(answer)
+
+
+def _exchange(conn: Any, commands: tuple[bytes, ...]) -> list[Any]:
+    conn.send_packed_command([b"".join(commands)])
+    answers: list[Any] = []
+    for _ in commands:
+        try:
+            answers.append(conn.read_response())
+        except redis.ResponseError as exc:
+            answers.append(exc)
+    return answers
