@@ -37,6 +37,30 @@ def pack(*args: Arg) -> bytes:
     return b"".join(out)
 
 
+class Batch:
+    """Commands packed for one :func:`round_trip` or :func:`transaction`, queued with the
+    names and argument order of a redis-py pipeline's methods (those the node's finish uses),
+    so code that fills a pipeline can fill a batch."""
+
+    def __init__(self, *commands: bytes) -> None:
+        self.commands = list(commands)
+
+    def set(self, name: str, value: Arg) -> None:
+        self.commands.append(pack("SET", name, value))
+
+    def setex(self, name: str, seconds: int, value: Arg) -> None:
+        self.commands.append(pack("SETEX", name, seconds, value))
+
+    def publish(self, channel: str, message: Arg) -> None:
+        self.commands.append(pack("PUBLISH", channel, message))
+
+    def zrem(self, name: str, *members: Arg) -> None:
+        self.commands.append(pack("ZREM", name, *members))
+
+    def hdel(self, name: str, *fields: Arg) -> None:
+        self.commands.append(pack("HDEL", name, *fields))
+
+
 def round_trip(r: redis.Redis, *commands: bytes) -> list[Any]:
     """Send the packed ``commands`` in one write and read their replies, in order. A reply
     that is an error comes back as its :class:`redis.ResponseError` (as a pipeline's

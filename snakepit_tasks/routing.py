@@ -213,7 +213,7 @@ def push_plain(
     script_keys = [*breaker_keys, target, keys.pool_alive(pool), target,
                    *counted, keys.fast_pool_queue(pool)]
     script_args = [*breaker_args, settings.pool_max_queue_size, message, "0", 0]
-    reply = lua.script(r, "fast_send")(keys=script_keys, args=script_args)
+    reply = lua.run(r, "fast_send", script_keys, script_args)
     status, waiting = connections.text(reply[0]), int(reply[1])
     if admission is not None:
         admission.settle(reply[2])  # CircuitOpen when it refused

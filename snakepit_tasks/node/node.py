@@ -14,7 +14,17 @@ from typing import Any
 
 from celery.exceptions import Ignore, Reject
 
-from .. import connections, dead_letters, hardware, keys, lua, replies, serialization, telemetry
+from .. import (
+    connections,
+    dead_letters,
+    hardware,
+    keys,
+    lua,
+    replies,
+    resp,
+    serialization,
+    telemetry,
+)
 from .._proto import bridge_pb2 as pb
 from ..call import CLEANUP_COMMAND, Call
 from ..config import PoolConfig, Settings
@@ -521,11 +531,13 @@ class Node:
             if celery is None:
                 lua.run(self.redis, "finish_call", script_keys, args)
                 return
-            with self.redis.pipeline(transaction=True) as pipe:
-                # EVAL, not the script object: in a pipeline that costs a SCRIPT EXISTS first.
-                pipe.eval(lua.compact("finish_call"), len(script_keys), *script_keys, *args)
-                folded = celery.into(pipe, result, failure)
-                pipe.execute()
+            # EVAL, not EVALSHA: a script Redis lost must not abort the transaction.
+            batch = resp.Batch(resp.pack("EVAL", lua.compact("finish_call"), len(script_keys),
+                                         *script_keys, *args))
+            folded = celery.into(batch, result, failure)
+            for answer in resp.transaction(self.redis, *batch.commands):
+                if isinstance(answer, Exception):
+                    raise answer
             if folded:
                 celery.recorded()
         except Exception:  # bookkeeping must never fail a call; the backend still has it
