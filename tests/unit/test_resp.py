@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -24,3 +25,20 @@ def test_pack_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
 def test_pack_refuses_what_is_not_a_redis_argument(bad: Any) -> None:
     with pytest.raises(TypeError):
         resp.pack("SET", "k", bad)
+
+
+def test_a_batch_packs_what_the_same_pipeline_calls_would_send() -> None:
+    import redis
+
+    batch = resp.Batch(resp.pack("PING"))
+    pipe = redis.Redis().pipeline(transaction=False)  # never connects: nothing is executed
+    for target in (batch, pipe):
+        target.set("k", b"v")
+        with warnings.catch_warnings():  # redis-py deprecates setex; Celery's backend sends it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            target.setex("k", 30, "v")
+        target.publish("chan", b"m")
+        target.zrem("z", "a", "b")
+        target.hdel("h", "f")
+    sent = [b"".join(Connection().pack_command(*args)) for args, _ in pipe.command_stack]
+    assert batch.commands == [resp.pack("PING"), *sent]
