@@ -1,4 +1,4 @@
-"""A lean Redis round trip for the synchronous hot paths (the fast lane's send and take).
+"""A lean Redis round trip for the hot paths: the fast lane's send and take, claims, finishes.
 
 redis-py's pipeline spends more CPU per call than the rest of a fast-lane call's Python (its
 command stack, per-argument encoding, response callbacks, observability hooks): here the
