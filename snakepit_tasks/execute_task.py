@@ -140,7 +140,37 @@ def call_preview(call: Call) -> str:
         if value:
             shown[name] = value
     shown["args"] = call.args  # last: what a long preview cuts
+    routed = (value for name, value in shown.items() if name != "args")
+    if _is_flat(call.args) and all(type(value) is not str or _is_plain_text(value)
+                                   for value in routed):
+        # saferepr writes what repr writes for these, at a fortieth of the cost
+        text = repr(shown)
+        if len(text) <= ARGS_PREVIEW:
+            return redact(text)
     return redact(saferepr(shown, ARGS_PREVIEW))
+
+
+#: Values whose repr saferepr writes unchanged (with plain text: see :func:`_is_plain_text`).
+_SCALARS = (int, float, bool, type(None))
+_SHORT_TEXT = 64
+
+
+def _is_flat(args: Any) -> bool:
+    """Whether ``args`` is None or a small dict of plain short strings and numbers."""
+    if args is None:
+        return True
+    if type(args) is not dict or len(args) > 16:
+        return False
+    return all(
+        type(key) is str and _is_plain_text(key)
+        and (type(value) in _SCALARS or (type(value) is str and _is_plain_text(value)))
+        for key, value in args.items())
+
+
+def _is_plain_text(text: str) -> bool:
+    """Short printable ASCII with no quote or backslash (saferepr quotes others its own way)."""
+    return (len(text) <= _SHORT_TEXT and text.isascii() and text.isprintable()
+            and "'" not in text and "\\" not in text)
 
 
 def _record_job(settings: Any, job: str, task_id: str, call: Call) -> None:

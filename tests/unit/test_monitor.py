@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from snakepit_tasks import beat, keys, monitor
 from snakepit_tasks.app import create_app
 from snakepit_tasks.call import Call
 from snakepit_tasks.config import load_settings
 from snakepit_tasks.errors import ConfigurationError
-from snakepit_tasks.execute_task import EXECUTE, call_preview
+from snakepit_tasks.execute_task import ARGS_PREVIEW, EXECUTE, call_preview
 
 
 def test_flower_refuses_to_run_open() -> None:
@@ -93,6 +96,32 @@ def test_argument_preview_is_short_and_redacted() -> None:
     assert "hunter2" not in text and "<REDACTED>" in text
     assert len(text) <= 1100 and "'pool': 'p'" in text
     assert "deadline" not in text and "reply" not in text
+
+
+_TEXT = st.sampled_from(["", "a", "plain text", 'say "hi"', "it's", "back\\slash", "ünï",
+                         "tab\there", "x" * 64, "x" * 65, "password"])
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _TEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=st.one_of(st.none(), st.dictionaries(_TEXT, _VALUE, max_size=6)),
+       session_id=st.one_of(st.none(), _TEXT.filter(bool)), timeout=st.sampled_from([None, 2.5]))
+def test_argument_preview_fast_path_writes_what_saferepr_writes(
+    args: Any, session_id: str | None, timeout: float | None
+) -> None:
+    from celery.utils.saferepr import saferepr
+
+    from snakepit_tasks.serialization.redact import redact
+
+    call = Call(command="t", args=args, pool="p", session_id=session_id, timeout=timeout,
+                deadline=1e9)
+    shown: dict[str, Any] = {"pool": "p"}
+    if session_id:
+        shown["session_id"] = session_id
+    if timeout:
+        shown["timeout"] = timeout
+    shown["args"] = args
+    assert call_preview(call) == redact(saferepr(shown, ARGS_PREVIEW))
 
 
 def test_cli_passes_beat_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
