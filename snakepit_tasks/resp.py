@@ -71,6 +71,10 @@ def round_trip(r: redis.Redis, *commands: bytes) -> list[Any]:
     try:
         return list(conn.retry.call_with_retry(
             lambda: _exchange(conn, commands), lambda _error: conn.disconnect()))
+    except BaseException:
+        # Replies may be left unread (an interrupt between two reads): never reuse it so.
+        conn.disconnect()
+        raise
     finally:
         pool.release(conn)
 

@@ -55,3 +55,25 @@ def test_lua_run_loads_a_script_redis_lost() -> None:
         r.close()
     finally:
         server.stop()
+
+
+def test_an_interrupted_exchange_leaves_no_reply_for_the_next(
+    r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.connection import AbstractConnection
+
+    read = AbstractConnection.read_response
+    calls = {"n": 0}
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the first reply, before the second
+            raise KeyboardInterrupt
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        resp.round_trip(r, resp.pack("ECHO", "first"), resp.pack("ECHO", "second"))
+    monkeypatch.setattr(AbstractConnection, "read_response", read)
+    for _ in range(3):  # whichever pooled connection comes next answers its own command
+        assert resp.round_trip(r, resp.pack("ECHO", "mine")) == [b"mine"]
