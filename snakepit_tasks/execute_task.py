@@ -141,8 +141,7 @@ def call_preview(call: Call) -> str:
             shown[name] = value
     shown["args"] = call.args  # last: what a long preview cuts
     routed = (value for name, value in shown.items() if name != "args")
-    if _is_flat(call.args) and all(type(value) is not str or _is_plain_text(value)
-                                   for value in routed):
+    if _is_flat(call.args) and all(_is_plain(value) for value in routed):
         # saferepr writes what repr writes for these, at a fortieth of the cost
         text = repr(shown)
         if len(text) <= ARGS_PREVIEW:
@@ -161,10 +160,13 @@ def _is_flat(args: Any) -> bool:
         return True
     if type(args) is not dict or len(args) > 16:
         return False
-    return all(
-        type(key) is str and _is_plain_text(key)
-        and (type(value) in _SCALARS or (type(value) is str and _is_plain_text(value)))
-        for key, value in args.items())
+    return all(type(key) is str and _is_plain_text(key) and _is_plain(value)
+               for key, value in args.items())
+
+
+def _is_plain(value: Any) -> bool:
+    """A number, a bool, None or plain text: what saferepr writes as repr does."""
+    return type(value) in _SCALARS or (type(value) is str and _is_plain_text(value))
 
 
 def _is_plain_text(text: str) -> bool:

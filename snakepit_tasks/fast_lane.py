@@ -232,8 +232,5 @@ def _eval_and_wait(
                           *script_args)]
     if block is not None:
         commands.append(resp.pack("BLPOP", reply_key, block))
-    answers = resp.round_trip(r, *commands)
-    for answer in answers:
-        if isinstance(answer, Exception):
-            raise answer
+    answers = resp.raise_first_error(resp.round_trip(r, *commands))
     return answers[0], replies.popped(answers[1]) if block is not None else None

@@ -82,13 +82,18 @@ def round_trip(r: redis.Redis, *commands: bytes) -> list[Any]:
 def transaction(r: redis.Redis, *commands: bytes) -> list[Any]:
     """Run the packed ``commands`` in one MULTI/EXEC, in one round trip: their replies (a
     command's error in its place). Raises what made Redis refuse the whole transaction."""
-    answers = round_trip(r, pack("MULTI"), *commands, pack("EXEC"))
-    for answer in answers[:-1]:
-        if isinstance(answer, Exception):  # refused when queued: EXEC answers EXECABORT
+    # A command refused when queued comes first (EXEC then answers EXECABORT).
+    answers = raise_first_error(round_trip(r, pack("MULTI"), *commands, pack("EXEC")))
+    return list(answers[-1])
+
+
+def raise_first_error(answers: list[Any]) -> list[Any]:
+    """``answers`` (of :func:`round_trip` or :func:`transaction`), unless one is an error:
+    then the first error is raised."""
+    for answer in answers:
+        if isinstance(answer, Exception):
             raise answer
-    if isinstance(answer := answers[-1], Exception):
-        raise answer
-    return list(answer)
+    return answers
 
 
 def _exchange(conn: Any, commands: tuple[bytes, ...]) -> list[Any]:

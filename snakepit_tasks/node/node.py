@@ -535,9 +535,7 @@ class Node:
             batch = resp.Batch(resp.pack("EVAL", lua.compact("finish_call"), len(script_keys),
                                          *script_keys, *args))
             folded = celery.into(batch, result, failure)
-            for answer in resp.transaction(self.redis, *batch.commands):
-                if isinstance(answer, Exception):
-                    raise answer
+            resp.raise_first_error(resp.transaction(self.redis, *batch.commands))
             if folded:
                 celery.recorded()
         except Exception:  # bookkeeping must never fail a call; the backend still has it
