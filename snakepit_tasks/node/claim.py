@@ -15,6 +15,7 @@ and the call is claimed as any other.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -130,16 +131,14 @@ class Claims:
                     {"worker_id": wanted, "session_id": session_id},
                 )
             slot = self._acquire(call, call_id, wanted, queue_deadline)
-            bind = not call.fallback
-            status, bound, bound_node, new, holder = self._claim(
-                call_id, slot, session_id, bind=bind, deadline=deadline, rerun_ok=rerun_ok
-            )
-            if status == "duplicate" and rerun_ok and not self.r.exists(keys.node_lease(holder)):
-                # Started by a node that died: an idempotent tool may run again here.
-                status, bound, bound_node, new, holder = self._claim(
-                    call_id, slot, session_id, bind=bind, deadline=deadline, rerun_ok=rerun_ok,
-                    takeover=holder,
-                )
+            start = functools.partial(self._start, call_id, slot, session_id, deadline=deadline,
+                                      rerun_ok=rerun_ok)
+            status, bound, bound_node, new, holder = start(bind=not call.fallback)
+            if status == "moved" and bound_node == self.node and bound in ids and (
+                    self._falls_back(call, bound)):
+                # Bound here since it was sent, to a busy worker: affinity hint runs it on
+                # this free one and keeps the binding (as routing does for a busy worker).
+                status, bound, bound_node, new, holder = start(bind=False)
             if status == "ok":
                 return Claimed(slot, new and bool(session_id))
             self.workers.release(slot)
@@ -153,6 +152,30 @@ class Claims:
             if status == "duplicate" and self.r.exists(keys.node_lease(holder)):
                 raise DuplicateCopy(call_id, holder)
             raise self._refusal(status, call_id, session_id)
+
+    def _start(
+        self, call_id: str, slot: AdapterWorker, session_id: str, *, bind: bool,
+        deadline: float, rerun_ok: bool,
+    ) -> tuple[str, str, str, bool, str]:
+        """start_call.lua for ``slot``; a copy that a dead node started is taken over when
+        ``rerun_ok`` (an idempotent tool may run again here)."""
+        status, bound, bound_node, new, holder = self._claim(
+            call_id, slot, session_id, bind=bind, deadline=deadline, rerun_ok=rerun_ok
+        )
+        if status == "duplicate" and rerun_ok and not self.r.exists(keys.node_lease(holder)):
+            status, bound, bound_node, new, holder = self._claim(
+                call_id, slot, session_id, bind=bind, deadline=deadline, rerun_ok=rerun_ok,
+                takeover=holder,
+            )
+        return status, bound, bound_node, new, holder
+
+    def _falls_back(self, call: Call, bound: str) -> bool:
+        """Whether a hint-affinity call of a session bound to ``bound`` (a worker of this
+        node) runs elsewhere: that worker has no free slot now."""
+        if (call.affinity or "hint") != "hint":
+            return False
+        return not any(w.worker_id == bound and w.state == "ready" and w.inflight < w.capacity
+                       for w in self.workers.workers)
 
     def _acquire(
         self, call: Call, call_id: str, wanted: str | None, queue_deadline: float

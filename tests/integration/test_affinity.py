@@ -3,6 +3,7 @@ workers, with real nodes and adapter processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from helpers import assert_served_by, start_time, wait_until
 
 import snakepit_tasks as sp
-from snakepit_tasks import connections, errors, keys
+from snakepit_tasks import connections, errors, keys, routing
 
 from .peers import configure, new_session, start_peer
 
@@ -112,6 +113,37 @@ def test_busy_bound_worker_per_affinity_mode(node):
     assert slept["pid"] == pong["pid"]
     assert_served_by(n, queued)
     assert sp.sessions.get(sid, app=n.app)["worker"] == bound
+
+
+def test_calls_routed_before_their_session_was_bound_to_a_busy_worker(node, monkeypatch):
+    """Calls sent while their session was unbound (to the pool, to bind where they run) that
+    reach the node once it is bound to a busy worker: hint runs on a free worker and keeps
+    the binding; strict_queue waits for the bound worker."""
+    n = node(pool_size=2)
+    sid = new_session()
+    bound = bind(n, sid, n.app)["worker_id"]
+    sleeper = sp.execute_in_session_async(
+        sid, "sleep", {"seconds": 3}, affinity="strict_queue", app=n.app
+    )
+    wait_until(lambda: busy(n, bound) >= 1, timeout=15, message="the bound worker to be busy")
+
+    route = routing.route
+
+    def as_if_unbound(settings: Any, call: Any, admission: Any = None) -> routing.Route:
+        sent = route(settings, call.replace(session_id=None), admission)
+        return dataclasses.replace(sent, call=sent.call.replace(session_id=call.session_id))
+
+    monkeypatch.setattr(routing, "route", as_if_unbound)
+    monkeypatch.setattr(routing, "session_send", lambda settings, call: None)
+    other = sp.execute_in_session(sid, "ping", affinity="hint", app=n.app, timeout=30)
+    assert_served_by(n, other)
+    assert other["worker_id"] != bound and other["session_id"] == sid
+    assert not sleeper.ready(), "the hint call waited for the busy worker"
+    assert sp.sessions.get(sid, app=n.app)["worker"] == bound, "hint fallback re-bound"
+
+    queued = sp.execute_in_session(sid, "ping", affinity="strict_queue", app=n.app, timeout=30)
+    assert queued["worker_id"] == bound
+    assert sleeper.get(timeout=30)["worker_id"] == bound
 
 
 # -- crashes --------------------------------------------------------------------------------
