@@ -15,7 +15,6 @@ from . import (
     dead_letters,
     fast_lane,
     keys,
-    kombu_redis,
     lua,
     pool_state,
     replies,
@@ -315,11 +314,8 @@ def get_stats(pool: str | None = None, *, app: Celery | None = None) -> dict[str
     workers = [w for n in nodes for w in n["workers"]]
     ready = [w for w in workers if w["state"] == "ready"]
     busy = sum(1 for w in ready if w["inflight"] >= w["capacity"])
-    queued = kombu_redis.queue_length(r, keys.pool_queue(pool)) + int(
-        r.llen(keys.fast_pool_queue(pool))
-    ) + sum(
-        kombu_redis.queue_length(r, keys.node_queue(n["name"]))
-        + int(r.llen(keys.fast_node_queue(n["name"])))
+    queued = pool_state.waiting(r, keys.pool_queue(pool), keys.fast_pool_queue(pool)) + sum(
+        pool_state.waiting(r, keys.node_queue(n["name"]), keys.fast_node_queue(n["name"]))
         for n in nodes
     )
     return {

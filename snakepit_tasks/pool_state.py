@@ -9,7 +9,7 @@ import redis
 
 from . import keys
 from .connections import text
-from .kombu_redis import queue_length
+from .kombu_redis import queue_length, queue_length_into
 
 
 def live_nodes(r: redis.Redis, pool: str) -> list[dict[str, Any]]:
@@ -34,6 +34,20 @@ def live_nodes(r: redis.Redis, pool: str) -> list[dict[str, Any]]:
         )
         nodes.append(info)
     return nodes
+
+
+def lengths_into(pipe: Any, queue: str, fast_queue: str) -> None:
+    """Queue the LLENs whose sum is how many calls wait for one destination, on both lanes:
+    Celery ``queue`` and its fast-lane list."""
+    queue_length_into(pipe, queue)
+    pipe.llen(fast_queue)
+
+
+def waiting(r: Any, queue: str, fast_queue: str) -> int:
+    """Calls waiting for one destination on both lanes (see :func:`lengths_into`)."""
+    with r.pipeline(transaction=False) as pipe:
+        lengths_into(pipe, queue, fast_queue)
+        return int(sum(pipe.execute()))
 
 
 def known_pools(r: redis.Redis) -> set[str]:

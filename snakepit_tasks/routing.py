@@ -150,7 +150,7 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
             if guess is not None:  # the binding seen last time: read its worker's state now
                 _worker_state_into(pipe, *guess)
         else:
-            _lengths_into(pipe, queue_name, keys.fast_pool_queue(pool))
+            pool_state.lengths_into(pipe, queue_name, keys.fast_pool_queue(pool))
 
     replies = _pipelined(r, reads)  # one round trip for the common case
     if admission is not None:
@@ -180,9 +180,9 @@ def route(settings: Settings, call: Call, admission: Admission | None = None) ->
     if capable_node and queue_name == keys.pool_queue(pool):
         queue_name = keys.node_queue(capable_node)  # not every node of the pool can run it
         node = capable_node
-        waiting = _waiting(r, queue_name, keys.fast_node_queue(capable_node))
+        waiting = pool_state.waiting(r, queue_name, keys.fast_node_queue(capable_node))
     if waiting is None:  # a session's first call, or one routed back to the pool
-        waiting = _waiting(r, queue_name, keys.fast_pool_queue(pool))
+        waiting = pool_state.waiting(r, queue_name, keys.fast_pool_queue(pool))
     if waiting >= settings.pool_max_queue_size:
         raise queue_full(settings, r, pool, queue_name, waiting)
     return Route(call=call, queue=declare_queue(queue_name), node=node)
@@ -221,18 +221,6 @@ def push_plain(
         raise missing_pool_error(settings, r, pool)
     if status == "full":
         raise queue_full(settings, r, pool, queue_name, waiting)
-
-
-def _lengths_into(pipe: Any, queue: str, fast_queue: str) -> None:
-    """Queue the LLENs whose sum is how many calls wait for one destination, on both lanes."""
-    kombu_redis.queue_length_into(pipe, queue)
-    pipe.llen(fast_queue)
-
-
-def _waiting(r: Any, queue: str, fast_queue: str) -> int:
-    with r.pipeline(transaction=False) as pipe:
-        _lengths_into(pipe, queue, fast_queue)
-        return int(sum(pipe.execute()))
 
 
 def is_plain(settings: Settings, call: Call) -> bool:
@@ -349,7 +337,7 @@ def _worker_state_into(pipe: Any, worker: str, node: str) -> None:
     pipe.hget(keys.node_workers(node), worker)
     pipe.hget(keys.busy(node), worker)
     pipe.exists(keys.taint(worker))
-    _lengths_into(pipe, keys.node_queue(node), keys.fast_node_queue(node))
+    pool_state.lengths_into(pipe, keys.node_queue(node), keys.fast_node_queue(node))
 
 
 def _worker_state(r: Any, worker: str, node: str) -> list[Any]:

@@ -1,10 +1,11 @@
 """``snakepit-tasks status``: every pool as Redis sees it now, as text or as JSON.
 
 Per pool: its nodes (lease age, uptime, queue), their workers (busy, idle, tainted, calls
-served), the queues (the pool's, each live node's, each dead node's), the counters, the
-circuit breaker, the sessions and the dead letters. Calls in flight are the nodes' live
-counts; the other worker figures come from the nodes' leases, which a node republishes
-within moments of a call starting or ending.
+served), the calls waiting on both lanes (in the pool's queues, in each live node's, and in
+each dead node's, with the fast-lane calls it had taken), the counters, the circuit breaker,
+the sessions and the dead letters. Calls in flight are the nodes' live counts; the other
+worker figures come from the nodes' leases, which a node republishes within moments of a
+call starting or ending.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import redis
 
-from .. import connections, dead_letters, keys, kombu_redis, pool_state, session_store
+from .. import connections, dead_letters, keys, pool_state, session_store
 from ..config import Settings, config_source
 from ..connections import text
 from ..resilience import HealthMonitor
@@ -61,10 +62,10 @@ def _pool(
         for wid in worker_ids:
             pipe.exists(keys.taint(wid))
         tainted = {wid for wid, t in zip(worker_ids, pipe.execute(), strict=True) if t}
-    pool_queue = kombu_redis.queue_length(r, keys.pool_queue(pool))
+    pool_queue = pool_state.waiting(r, keys.pool_queue(pool), keys.fast_pool_queue(pool))
     node_reports = [_node(r, n, tainted, now) for n in nodes]
     dead_reports = [
-        {"name": name, "queued": kombu_redis.queue_length(r, keys.node_queue(name)),
+        {"name": name, "queued": _node_queued(r, name) + int(r.llen(keys.fast_processing(name))),
          "taken_over_at_last_sweep": backlog.get(name)}
         for name in dead
     ]
@@ -126,9 +127,14 @@ def _node(r: redis.Redis, node: dict[str, Any], tainted: set[str], now: float) -
         "run_id": node.get("run_id"),
         "lease_age_s": round(max(0.0, now - _float(node.get("heartbeat"), now)), 1),
         "uptime_s": round(max(0.0, now - _float(node.get("started_at"), now)), 1),
-        "queued": kombu_redis.queue_length(r, keys.node_queue(node["name"])),
+        "queued": _node_queued(r, node["name"]),
         "workers": workers,
     }
+
+
+def _node_queued(r: redis.Redis, name: str) -> int:
+    """Calls waiting in node ``name``'s own queues, both lanes."""
+    return pool_state.waiting(r, keys.node_queue(name), keys.fast_node_queue(name))
 
 
 def _float(value: Any, default: float) -> float:

@@ -24,7 +24,7 @@ from helpers import (
 )
 
 import snakepit_tasks as sp
-from snakepit_tasks import errors
+from snakepit_tasks import connections, errors, keys, kombu_redis
 from snakepit_tasks.commands import setup
 from snakepit_tasks.embedded_redis import free_port
 
@@ -155,6 +155,23 @@ def test_status_without_a_node_is_down_not_healthy(redis_url, pids, tmp_path):
     assert f"DOWN: no live node serves it; start one with `snakepit-tasks worker --pool " \
            f"{pool['name']}`" in done.stdout
     assert "healthy=True" not in done.stdout
+
+
+def test_status_counts_the_calls_waiting_on_both_lanes(redis_url, pids, tmp_path):
+    pool = pool_table(unique_pool())
+    cfg = tmp_path / "snakepit.toml"
+    cfg.write_text(f'[[pools]]\nname = "{pool["name"]}"\nadapter = "{pool["adapter"]}"\n')
+    r = connections.redis_client(redis_url)
+    fast, celery = keys.fast_pool_queue(pool["name"]), keys.pool_queue(pool["name"])
+    try:
+        r.lpush(fast, b"one", b"two")  # counted, not looked into
+        r.lpush(kombu_redis.queue_lists(celery)[0], b"three")
+        done = run_cli(["status", "--json"], subprocess_env(redis_url, SNAKEPIT_CONFIG=str(cfg)),
+                       pids)
+        [found] = [p for p in json.loads(done.stdout)["pools"] if p["name"] == pool["name"]]
+        assert found["queued"] == {"pool": 3, "nodes": 0, "dead_nodes": 0, "total": 3}
+    finally:
+        r.delete(fast, *kombu_redis.queue_lists(celery))
 
 
 # -- doctor --------------------------------------------------------------------------------
