@@ -174,8 +174,7 @@ class Claims:
         node) runs elsewhere: that worker has no free slot now."""
         if (call.affinity or "hint") != "hint":
             return False
-        return not any(w.worker_id == bound and w.state == "ready" and w.inflight < w.capacity
-                       for w in self.workers.workers)
+        return not any(w.worker_id == bound and w.has_free_slot for w in self.workers.workers)
 
     def _acquire(
         self, call: Call, call_id: str, wanted: str | None, queue_deadline: float

@@ -75,8 +75,7 @@ class Slots:
                 candidates = [
                     w
                     for w in self.workers
-                    if w.state == "ready"
-                    and w.inflight < w.capacity
+                    if w.has_free_slot
                     and (worker_id is None or w.worker_id == worker_id)
                     and w.worker_id != exclude
                 ]

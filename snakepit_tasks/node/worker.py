@@ -118,6 +118,11 @@ class AdapterWorker:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def has_free_slot(self) -> bool:
+        """Ready, with fewer calls in flight than its capacity."""
+        return self.state == "ready" and self.inflight < self.capacity
+
     def spawn(self) -> None:
         """Start the runtime process; :meth:`wait_ready` finishes the start."""
         for path in (self.socket_path, self.calls_path):

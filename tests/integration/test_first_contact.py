@@ -145,10 +145,16 @@ def test_status_with_redis_down_prints_one_line_and_exits_69(pids):
     assert "hunter2" not in line and "Traceback" not in line
 
 
-def test_status_without_a_node_is_down_not_healthy(redis_url, pids, tmp_path):
-    pool = pool_table(unique_pool())
+def pool_config(tmp_path: Path, pool: dict) -> Path:
+    """A configuration file naming ``pool`` (a :func:`pool_table`) and nothing else."""
     cfg = tmp_path / "snakepit.toml"
     cfg.write_text(f'[[pools]]\nname = "{pool["name"]}"\nadapter = "{pool["adapter"]}"\n')
+    return cfg
+
+
+def test_status_without_a_node_is_down_not_healthy(redis_url, pids, tmp_path):
+    pool = pool_table(unique_pool())
+    cfg = pool_config(tmp_path, pool)
     done = run_cli(["status"], subprocess_env(redis_url, SNAKEPIT_CONFIG=str(cfg)), pids)
     assert done.returncode == 1
     assert f"configuration: file {cfg}" in done.stdout
@@ -159,8 +165,7 @@ def test_status_without_a_node_is_down_not_healthy(redis_url, pids, tmp_path):
 
 def test_status_counts_the_calls_waiting_on_both_lanes(redis_url, pids, tmp_path):
     pool = pool_table(unique_pool())
-    cfg = tmp_path / "snakepit.toml"
-    cfg.write_text(f'[[pools]]\nname = "{pool["name"]}"\nadapter = "{pool["adapter"]}"\n')
+    cfg = pool_config(tmp_path, pool)
     r = connections.redis_client(redis_url)
     fast, celery = keys.fast_pool_queue(pool["name"]), keys.pool_queue(pool["name"])
     try:
